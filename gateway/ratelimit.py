@@ -1,0 +1,62 @@
+"""Login throttling: per submitted email (existing or not) and per client address.
+
+Counters live in the store so every process and host sees the same ones (DESIGN §3 [login]).
+The check runs before any password hashing, so a throttled attempt costs no argon2 run. Once a
+key reaches its limit inside the window it is locked for a back-off that doubles with every
+further failure, capped at `max_lockout` (OWASP Authentication Cheat Sheet; NIST SP 800-63B-4
+§3.2.2: increasing waits, temporary, so an attacker cannot lock a victim out for good).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import LoginConfig
+from gateway.errors import TooManyAttempts
+from gateway.store import Store, ThrottleState
+
+BASE_LOCKOUT = 30.0  # seconds of the first lockout; doubles per further failure
+
+
+@dataclass(frozen=True)
+class ThrottleKeys:
+    email: str
+    address: str
+
+
+def throttle_keys(email: str, address: str) -> ThrottleKeys:
+    return ThrottleKeys(email=f"email:{email}", address=f"addr:{address}")
+
+
+def lockout_remaining(state: ThrottleState | None, limit: int, max_lockout: float, now: float) -> float:
+    """Seconds the key stays locked (0 when it is not locked)."""
+    if state is None or state.failures < limit:
+        return 0.0
+    lock = min(BASE_LOCKOUT * 2 ** (state.failures - limit), max_lockout)
+    return max(0.0, state.last_at + lock - now)
+
+
+class LoginThrottle:
+    def __init__(self, config: LoginConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+
+    def _limits(self, keys: ThrottleKeys) -> list[tuple[str, int]]:
+        return [(keys.email, self.config.max_failures), (keys.address, self.config.max_failures_per_address)]
+
+    async def check(self, keys: ThrottleKeys, now: float) -> None:
+        """Raise TooManyAttempts while either key is locked."""
+        wait = 0.0
+        for key, limit in self._limits(keys):
+            state = await self.store.throttle_get(key, now=now, window=self.config.window)
+            wait = max(wait, lockout_remaining(state, limit, self.config.max_lockout, now))
+        if wait > 0:
+            raise TooManyAttempts(retry_after=wait)
+
+    async def failed(self, keys: ThrottleKeys, now: float) -> None:
+        for key, _ in self._limits(keys):
+            await self.store.throttle_hit(key, now=now, window=self.config.window)
+
+    async def succeeded(self, keys: ThrottleKeys) -> None:
+        # Only the account's counter resets: a spraying address keeps its count.
+        await self.store.throttle_clear(keys.email)
