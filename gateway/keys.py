@@ -1,0 +1,33 @@
+"""Every typed application key, in one place (aiohttp AppKey; STYLE.md "typed shared state")."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway.accounts import Accounts
+from gateway.config import Config
+from gateway.passwords import Passwords
+from gateway.revocation import RevocationList
+from gateway.store import Store
+from gateway.tokens import AccessTokens
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+    from gateway.routing import Router
+    from gateway.upstream import UpstreamClient
+
+CONFIG = web.AppKey("config", Config)
+STORE: web.AppKey[Store] = web.AppKey("store")
+PASSWORDS = web.AppKey("passwords", Passwords)
+TOKENS = web.AppKey("tokens", AccessTokens)
+REVOCATIONS = web.AppKey("revocations", RevocationList)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
+ROUTER: web.AppKey[Router] = web.AppKey("router")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
+BACKGROUND: web.AppKey[list[asyncio.Task[None]]] = web.AppKey("background")

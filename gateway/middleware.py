@@ -1,0 +1,129 @@
+"""The HTTP edge: the one table mapping domain errors to statuses, error bodies, and the headers
+every gateway-made response carries.
+
+Errors become `{"error": code, "message": text}` (DESIGN §4) or a small HTML page for browsers;
+nothing ever echoes the request or shows a traceback (ASVS 5.0 V16.5.1). Unexpected exceptions
+are logged with their traceback and answered 500 with a generic body.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway import errors
+
+log = logging.getLogger("gateway.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# error class -> (status, code). Order matters only for subclasses listed before their bases.
+ERROR_TABLE: dict[type[errors.GatewayError], tuple[int, str]] = {
+    errors.InvalidInput: (400, "invalid_request"),
+    errors.EmailTaken: (409, "email_taken"),
+    errors.RegistrationClosed: (403, "registration_closed"),
+    errors.InvalidCredentials: (401, "invalid_credentials"),
+    errors.TooManyAttempts: (429, "too_many_attempts"),
+    errors.Overloaded: (503, "overloaded"),
+    errors.InvalidRefreshToken: (401, "invalid_refresh_token"),
+    errors.Unauthenticated: (401, "unauthenticated"),
+    errors.NotFound: (404, "not_found"),
+    errors.StoreError: (503, "store_unavailable"),
+}
+
+HTTP_CODES = {
+    400: ("bad_request", "the request is malformed"),
+    401: ("unauthenticated", "authentication required"),
+    403: ("forbidden", "you are not allowed to do this"),
+    404: ("not_found", "nothing here"),
+    405: ("method_not_allowed", "method not allowed"),
+    408: ("request_timeout", "the request body took too long"),
+    413: ("payload_too_large", "the request body is too large"),
+    415: ("unsupported_media_type", "send application/json or a form"),
+    429: ("too_many_attempts", "too many attempts; try again later"),
+    500: ("internal_error", "something went wrong on our side"),
+    502: ("bad_gateway", "the application is unreachable"),
+    503: ("unavailable", "the service is unavailable; try again shortly"),
+    504: ("gateway_timeout", "the application took too long to answer"),
+}
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def error_response(
+    status: int,
+    code: str | None = None,
+    message: str | None = None,
+    *,
+    html_page: bool = False,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A gateway-made error: JSON by default, a tiny HTML page for browser navigations."""
+    default_code, default_message = HTTP_CODES.get(status, ("error", "request failed"))
+    code = code or default_code
+    message = message or default_message
+    if html_page:
+        body = (
+            "<!doctype html><html lang=en><head><meta charset=utf-8><title>"
+            f"{status} {html.escape(message)}</title></head><body><h1>{html.escape(message)}</h1>"
+            f"<p>Error {status}.</p></body></html>"
+        )
+        resp = web.Response(status=status, text=body, content_type="text/html")
+    else:
+        payload: dict[str, Any] = {"error": code, "message": message, **(extra or {})}
+        resp = web.Response(status=status, text=json.dumps(payload), content_type="application/json")
+    resp.headers.update(SECURITY_HEADERS)
+    resp.headers["Cache-Control"] = "no-store"
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def map_error(exc: errors.GatewayError) -> web.Response:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            status, code = ERROR_TABLE[cls]  # type: ignore[index]
+            break
+    else:
+        status, code = 500, "internal_error"
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(exc, errors.InvalidInput):
+        extra["fields"] = exc.fields
+    if isinstance(exc, errors.TooManyAttempts | errors.Overloaded):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    if isinstance(exc, errors.Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(status, code, exc.message, extra=extra, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.GatewayError as exc:
+        return map_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+    except ConnectionResetError:
+        raise  # the client went away; nothing to answer
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500)
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Runs after aiohttp added its own headers: hide the version it put in `Server`."""
+    response.headers["Server"] = "gateway"
