@@ -1,0 +1,1 @@
+"""The benchmark harness: the gateway against an upstream served directly, nginx and Caddy (`make bench`)."""
