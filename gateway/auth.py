@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.accounts import Issued
 from gateway.clientip import client_address
 from gateway.errors import InvalidRefreshToken
-from gateway.keys import ACCOUNTS, CONFIG, REVOCATIONS, TOKENS
+from gateway.keys import ACCOUNTS, ADDRESS, CONFIG, REVOCATIONS, TOKENS
 from gateway.tokens import Claims, TokenExpired, TokenInvalid
 
 
@@ -52,13 +52,13 @@ def bearer_token(request: web.Request) -> str | None:
 
 def address_of(request: web.Request) -> tuple[str, bool]:
     """(client address, peer is a trusted proxy), computed once per request."""
-    cached = request.get("gateway.address")
+    cached = request.get(ADDRESS)
     if cached is None:
         cached = client_address(
             request.remote, request.headers.get("X-Forwarded-For"), request.app[CONFIG].server.trusted_proxies
         )
-        request["gateway.address"] = cached
-    return cached  # type: ignore[no-any-return]
+        request[ADDRESS] = cached
+    return cached
 
 
 def client_description(request: web.Request, address: str) -> str:

@@ -1,16 +1,16 @@
 """The domain exception tree. No HTTP statuses here: the HTTP layer maps each class once.
 
-    GatewayError
-    ├── InvalidInput            bad user input; `.fields` maps a field name to the reason
-    ├── EmailTaken              registration of an email that exists (after normalisation)
-    ├── RegistrationClosed      registration disabled, or email domain not allowed
-    ├── InvalidCredentials      unknown email, wrong password, disabled user: one class on purpose
-    ├── TooManyAttempts         login throttled; `.retry_after` seconds
-    ├── Overloaded              the password-hashing queue is full; `.retry_after` seconds
-    ├── InvalidRefreshToken     unknown, expired, revoked or reused refresh token
-    ├── Unauthenticated         no valid access token where one is required
-    ├── NotFound                an admin action named a user or session that does not exist
-    └── StoreError              the store failed (unreachable, corrupt)
+GatewayError
+├── InvalidInput            bad user input; `.fields` maps a field name to the reason
+├── EmailTaken              registration of an email that exists (after normalisation)
+├── RegistrationClosed      registration disabled, or email domain not allowed
+├── InvalidCredentials      unknown email, wrong password, disabled user: one class on purpose
+├── TooManyAttempts         login throttled; `.retry_after` seconds
+├── Overloaded              the password-hashing queue is full; `.retry_after` seconds
+├── InvalidRefreshToken     unknown, expired, revoked or reused refresh token
+├── Unauthenticated         no valid access token where one is required
+├── NotFound                an admin action named a user or session that does not exist
+└── StoreError              the store failed (unreachable, corrupt)
 """
 
 from __future__ import annotations

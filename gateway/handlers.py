@@ -53,7 +53,12 @@ async def read_fields(request: web.Request) -> tuple[dict[str, str], bool]:
             raise errors.InvalidInput({}, "the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise errors.InvalidInput({}, "the body must be a JSON object")
-        return {k: v for k, v in data.items() if isinstance(v, str | bool)}, False
+        # JSON booleans ("remember": true) become the values an HTML checkbox would send.
+        return {
+            k: v if isinstance(v, str) else ("on" if v else "")
+            for k, v in data.items()
+            if isinstance(v, str | bool)
+        }, False
     if ctype in FORM_TYPES:
         form = await request.post()
         return {k: v for k, v in form.items() if isinstance(v, str)}, True
@@ -95,8 +100,8 @@ def issued_json(request: web.Request, issued: Issued) -> web.Response:
     return resp
 
 
-def _wants_remember(fields: dict[str, Any]) -> bool:
-    return fields.get("remember") in (True, "on", "true", "1")
+def _wants_remember(fields: dict[str, str]) -> bool:
+    return fields.get("remember") in ("on", "true", "1")
 
 
 async def register(request: web.Request) -> web.StreamResponse:
@@ -226,9 +231,8 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
 async def me(request: web.Request) -> web.StreamResponse:
     auth = await _current(request)
     if auth.claims is None:
-        resp = error_response(
-            401, "unauthenticated", "authentication required", headers={"WWW-Authenticate": "Bearer"}
-        )
+        challenge = f'Bearer error="{auth.bearer_error}"' if auth.bearer_error else "Bearer"
+        resp = error_response(401, "unauthenticated", headers={"WWW-Authenticate": challenge})
         if auth.clear_cookies:
             clear_session_cookies(resp, request.app[CONFIG])
         return resp

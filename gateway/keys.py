@@ -16,7 +16,6 @@ from gateway.store import Store
 from gateway.tokens import AccessTokens
 
 if TYPE_CHECKING:
-    from gateway.metrics import Metrics
     from gateway.routing import Router
     from gateway.upstream import UpstreamClient
 
@@ -28,6 +27,11 @@ REVOCATIONS = web.AppKey("revocations", RevocationList)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
 ROUTER: web.AppKey[Router] = web.AppKey("router")
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 BACKGROUND: web.AppKey[list[asyncio.Task[None]]] = web.AppKey("background")
+
+# Per-request and per-response storage (aiohttp 3.14 wants typed keys there too).
+ADDRESS: web.RequestKey[tuple[str, bool]] = web.RequestKey("address")  # (client address, peer trusted)
+DECISION: web.RequestKey[object] = web.RequestKey("decision")  # proxy.Decision or the ending response
+NO_CONTENT_TYPE: web.RequestKey[bool] = web.RequestKey("no_content_type")
+WS_SESSION: web.ResponseKey[tuple[str, str, int]] = web.ResponseKey("ws_session")  # (sid, user id, ver)

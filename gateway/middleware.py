@@ -92,7 +92,7 @@ def error_response(
 def map_error(exc: errors.GatewayError) -> web.Response:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
-            status, code = ERROR_TABLE[cls]  # type: ignore[index]
+            status, code = ERROR_TABLE[cls]
             break
     else:
         status, code = 500, "internal_error"

@@ -32,7 +32,7 @@ def lockout_remaining(state: ThrottleState | None, limit: int, max_lockout: floa
     """Seconds the key stays locked (0 when it is not locked)."""
     if state is None or state.failures < limit:
         return 0.0
-    lock = min(BASE_LOCKOUT * 2 ** (state.failures - limit), max_lockout)
+    lock = min(BASE_LOCKOUT * 2.0 ** (state.failures - limit), max_lockout)
     return max(0.0, state.last_at + lock - now)
 
 

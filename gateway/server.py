@@ -1,0 +1,145 @@
+"""`gateway serve`: run the application, in one process or as N workers on one port.
+
+With `server.workers > 1` this process becomes a supervisor: it prepares what must exist once
+(the key file, the migrated store), starts N workers that each bind the port with SO_REUSEPORT
+(the kernel spreads connections), restarts a worker that dies, and on SIGTERM/SIGINT asks every
+worker to drain its in-flight requests before exiting (AIOHTTP.md §4.3, §4.7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import Config
+
+log = logging.getLogger("gateway.server")
+RESTART_BACKOFF = 1.0
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_runtime() -> None:
+    """Refuse to run on aiohttp's pure-Python HTTP parser: the C (llhttp) parser is the strict one
+    that rejects smuggling vectors (AIOHTTP.md §1.16; SECURITY item 102)."""
+    from aiohttp import http_parser
+
+    if http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser":
+        raise SystemExit(
+            "gateway: aiohttp's C HTTP parser is not active (AIOHTTP_NO_EXTENSIONS set?); refusing"
+        )
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:  # uvloop is a Linux dependency; elsewhere the default loop is fine
+        loop = asyncio.new_event_loop()
+    return loop
+
+
+def run_worker(config: Config, *, reuse_port: bool) -> None:
+    """One serving process: the app on the configured port until SIGTERM/SIGINT, then drain."""
+    from gateway.app import create_app
+    from gateway.logs import AccessLogger, setup_logging
+
+    setup_logging(config.logging)
+    host, port = split_listen(config.server.listen)
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        loop=_new_loop(),
+        access_log=logging.getLogger("gateway.access") if config.logging.access_log else None,
+        access_log_class=AccessLogger,
+        shutdown_timeout=config.server.shutdown_timeout,
+        keepalive_timeout=config.server.keepalive_timeout,
+        handle_signals=True,
+        print=None,
+    )
+
+
+async def _prepare(config: Config) -> None:
+    """Create the key file and migrate the store once, before any worker starts."""
+    from gateway.keyring import ensure_key_file
+    from gateway.store import open_store
+
+    ensure_key_file(config.tokens.signing_key_file, config.tokens.algorithm)
+    store = await open_store(config.storage.url)
+    await store.close()
+
+
+def serve(config: Config) -> int:
+    check_runtime()
+    from gateway.logs import setup_logging
+
+    setup_logging(config.logging)
+    asyncio.run(_prepare(config))
+    host, port = split_listen(config.server.listen)
+    log.info(
+        "gateway listening on %s:%d (%d worker(s)), public url %s",
+        host,
+        port,
+        config.server.workers,
+        config.server.public_url,
+    )
+    if config.server.workers == 1:
+        run_worker(config, reuse_port=False)
+        return 0
+    return Supervisor(config).run()
+
+
+class Supervisor:
+    """Keeps N workers alive; forwards shutdown to them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx = multiprocessing.get_context("spawn")
+        self.workers: list[Any] = []
+        self.stopping = False
+
+    def _start(self) -> Any:
+        proc = self.ctx.Process(
+            target=run_worker, args=(self.config,), kwargs={"reuse_port": True}, daemon=False
+        )
+        proc.start()
+        log.info("worker %d started", proc.pid)
+        return proc
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.workers = [self._start() for _ in range(self.config.server.workers)]
+        while not self.stopping:
+            time.sleep(0.2)
+            for i, proc in enumerate(self.workers):
+                if not proc.is_alive() and not self.stopping:
+                    log.warning("worker %d exited with %s; restarting", proc.pid, proc.exitcode)
+                    time.sleep(RESTART_BACKOFF)
+                    self.workers[i] = self._start()
+        log.info("shutting down: draining %d worker(s)", len(self.workers))
+        for proc in self.workers:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.server.shutdown_timeout + 5
+        for proc in self.workers:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+        return 0
