@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 system-deps:
 	@bash tests/install_system_deps.sh
 
+# The demo: the example legacy app on :9000 behind the gateway on http://localhost:8080.
 run: $(STAMP)
-	$(BIN)/python -m gateway.devrun --config $(CONFIG)
+	@$(BIN)/python -m upstream_example --port 9000 & up=$$!; \
+	trap 'kill $$up 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/python -m gateway serve --config $(CONFIG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway upstream_example tests bench
