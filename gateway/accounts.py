@@ -23,7 +23,9 @@ from gateway.errors import (
     InvalidInput,
     InvalidRefreshToken,
     NotFound,
+    Overloaded,
     RegistrationClosed,
+    TooManyAttempts,
 )
 from gateway.passwords import Passwords, normalize_email, normalize_password, password_problem
 from gateway.ratelimit import LoginThrottle, throttle_keys
@@ -68,6 +70,7 @@ class Accounts:
         tokens: AccessTokens,
         revocations: RevocationList,
         clock: Callable[[], float] = time.time,
+        events: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -77,6 +80,8 @@ class Accounts:
         self.clock = clock
         self.throttle = LoginThrottle(config.login, store)
         self._inflight: dict[str, asyncio.Future[Issued]] = {}
+        # (kind, outcome) for metrics: ("login", "success"), ("refresh", "reuse_detected"), …
+        self.events: Callable[[str, str], None] = events or (lambda kind, outcome: None)
 
     # ---- registration and login -------------------------------------------------------------
 
@@ -131,10 +136,21 @@ class Accounts:
             normalized = email.strip().lower()[:254]
         keys = throttle_keys(normalized, address)
         now = self.clock()
-        await self.throttle.check(keys, now)
-        user = await self.store.get_user_by_email(normalized)
-        ok = await self.passwords.verify(user.password_hash if user else None, normalize_password(password))
+        try:
+            await self.throttle.check(keys, now)
+            user = await self.store.get_user_by_email(normalized)
+            ok = await self.passwords.verify(
+                user.password_hash if user else None, normalize_password(password)
+            )
+        except TooManyAttempts:
+            self.events("login", "throttled")
+            security_log.warning("login throttled address=%s", address)
+            raise
+        except Overloaded:
+            self.events("login", "overloaded")
+            raise
         if user is None or not ok or user.disabled:
+            self.events("login", "failure")
             await self.throttle.failed(keys, self.clock())
             security_log.warning("login failed address=%s user=%s", address, user.id if user else "-")
             raise InvalidCredentials()
@@ -145,6 +161,7 @@ class Accounts:
                 user.id, now=self.clock(), password_hash=new_hash, expected_password_hash=user.password_hash
             )
             user = updated or user
+        self.events("login", "success")
         security_log.info("login succeeded user=%s address=%s", user.id, address)
         return await self._open_session(user, client=client, remember=remember)
 
@@ -196,23 +213,29 @@ class Accounts:
         token_hash = hash_refresh_token(raw)
         pending = self._inflight.get(token_hash)
         if pending is not None:
-            issued = await asyncio.shield(pending)
-            return replace(issued, outcome="coalesced")
+            issued = replace(await asyncio.shield(pending), outcome="coalesced")
+            self.events("refresh", issued.outcome)
+            return issued
         task = asyncio.ensure_future(self._refresh(raw, token_hash, client))
         self._inflight[token_hash] = task
         # Shielded so a browser that disconnects cannot cancel a rotation half-way for its siblings.
         task.add_done_callback(lambda _: self._inflight.pop(token_hash, None))
-        return await asyncio.shield(task)
+        issued = await asyncio.shield(task)
+        self.events("refresh", issued.outcome)
+        return issued
 
     async def _refresh(self, raw: str, token_hash: str, client: str) -> Issued:
         row = await self.store.get_refresh_token(token_hash)
         if row is None:
+            self.events("refresh", "unknown")
             raise InvalidRefreshToken()
         session = await self.store.get_session(row.session_id)
         now = self.clock()
         if session is None or session.revoked_at is not None:
+            self.events("refresh", "revoked")
             raise InvalidRefreshToken()
         if now >= session.expires_at or now >= row.expires_at:
+            self.events("refresh", "expired")
             raise InvalidRefreshToken("the session has expired; sign in again")
         user = await self.store.get_user(session.user_id)
         if user is None or user.disabled:
@@ -241,6 +264,7 @@ class Accounts:
             if current is not None and current.rotated_at is None:
                 return self._issue(user, session, successor, current.expires_at, now, "grace")
         await self._revoke([session.id], reason="refresh_reuse")
+        self.events("refresh", "reuse_detected")
         security_log.warning(
             "refresh token reuse detected: session revoked session=%s user=%s generation=%d",
             session.id,
@@ -266,6 +290,7 @@ class Accounts:
         for sid in revoked:  # effective in this process at once; others follow from the feed
             self.revocations.apply(Revocation(0, "session", sid, 0, now, until))
         if revoked:
+            self.events("revocation", reason)
             security_log.info("sessions revoked reason=%s count=%d", reason, len(revoked))
         return revoked
 

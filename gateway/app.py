@@ -23,6 +23,7 @@ from gateway.keys import (
     ACCOUNTS,
     BACKGROUND,
     CONFIG,
+    METRICS,
     PASSWORDS,
     REVOCATIONS,
     ROUTER,
@@ -31,7 +32,8 @@ from gateway.keys import (
     UPSTREAM,
     WEBSOCKETS,
 )
-from gateway.middleware import error_middleware, on_prepare
+from gateway.metrics import Metrics
+from gateway.middleware import error_middleware, on_prepare, request_metrics
 from gateway.passwords import Passwords
 from gateway.proxy import add_proxy_routes, close_websockets_of
 from gateway.revocation import RevocationList, poll_forever
@@ -67,11 +69,12 @@ async def _housekeeping(app: web.Application, clock: Callable[[], float]) -> Non
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[request_metrics, error_middleware],
         client_max_size=handlers.AUTH_BODY_LIMIT,
         handler_args=handler_args(config),
     )
     app[CONFIG] = config
+    metrics = app[METRICS] = Metrics()
     app.on_response_prepare.append(on_prepare)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -90,7 +93,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             tokens = AccessTokens(t, ring)
             revocations = RevocationList()
             await revocations.poll(store, clock())
-            accounts = Accounts(config, store, passwords, tokens, revocations, clock=clock)
+            accounts = Accounts(
+                config, store, passwords, tokens, revocations, clock=clock, events=metrics.event
+            )
             app[STORE], app[PASSWORDS], app[TOKENS] = store, passwords, tokens
             app[REVOCATIONS], app[ACCOUNTS], app[UPSTREAM] = revocations, accounts, upstream
             app[ROUTER] = Router(config.routes)
@@ -113,6 +118,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.on_shutdown.append(_close_all_websockets)
     pages.setup_pages(app)
     handlers.add_routes(app, config.server.auth_prefix)
+    if config.metrics.enabled:
+        app.router.add_get(config.metrics.path, handlers.metrics, allow_head=False)
     add_proxy_routes(app)
     return app
 

@@ -7,6 +7,7 @@ a cross-site origin whether or not cookies are present (login CSRF, DESIGN §7).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -17,7 +18,8 @@ from gateway.accounts import Issued
 from gateway.auth import AuthResult, address_of, authenticate, client_description
 from gateway.cookies import clear_session_cookies, set_session_cookies
 from gateway.csrf import cross_origin
-from gateway.keys import ACCOUNTS, CONFIG, STORE, TOKENS
+from gateway.keys import ACCOUNTS, CONFIG, METRICS, STORE, TOKENS
+from gateway.metrics import CONTENT_TYPE
 from gateway.middleware import error_response
 from gateway.redirects import safe_next
 from gateway.store import SessionRecord, UserRecord
@@ -259,6 +261,19 @@ async def jwks(request: web.Request) -> web.StreamResponse:
     if ring.algorithm == "HS256":
         raise web.HTTPNotFound()
     return web.json_response(ring.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus metrics, only for addresses in [metrics].allow; anyone else sees nothing here."""
+    address, _ = address_of(request)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    if not any(ip in net for net in request.app[CONFIG].metrics.allow):
+        raise web.HTTPNotFound()
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
 async def health(request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.accounts import Accounts
 from gateway.config import Config
+from gateway.metrics import Metrics
 from gateway.passwords import Passwords
 from gateway.revocation import RevocationList
 from gateway.store import Store
@@ -24,6 +25,7 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 PASSWORDS = web.AppKey("passwords", Passwords)
 TOKENS = web.AppKey("tokens", AccessTokens)
 REVOCATIONS = web.AppKey("revocations", RevocationList)
+METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
 ROUTER: web.AppKey[Router] = web.AppKey("router")

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import errors
+from gateway.keys import DECISION, METRICS
 
 log = logging.getLogger("gateway.http")
 
@@ -127,3 +128,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Runs after aiohttp added its own headers: hide the version it put in `Server`."""
     response.headers["Server"] = "gateway"
+
+
+@web.middleware
+async def request_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answered request by route (the config route, or "gateway" for our own)."""
+    response = await handler(request)
+    decision = request.get(DECISION)
+    route = getattr(getattr(decision, "route", None), "path", "gateway")
+    request.app[METRICS].requests.labels(route, str(response.status)).inc()
+    return response
