@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,7 +27,7 @@ from gateway.config import Config, HeadersConfig, RouteConfig
 from gateway.cookies import clear_session_cookies, gateway_cookie_names, set_session_cookies
 from gateway.csrf import cross_origin
 from gateway.headers import downstream_headers, framing_problem, upstream_headers
-from gateway.keys import CONFIG, DECISION, NO_CONTENT_TYPE, ROUTER, UPSTREAM, WEBSOCKETS, WS_SESSION
+from gateway.keys import CONFIG, DECISION, METRICS, NO_CONTENT_TYPE, ROUTER, UPSTREAM, WEBSOCKETS, WS_SESSION
 from gateway.middleware import SECURITY_HEADERS, error_response
 from gateway.paths import PathRejected, Target, canonicalize
 from gateway.redirects import login_url
@@ -221,6 +222,7 @@ async def _capped_body(request: web.Request, limit: int, seconds: float) -> Asyn
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     result = await decide(request)
     if isinstance(result, web.StreamResponse):
         return result
@@ -240,10 +242,13 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         else None
     )
     resp: web.StreamResponse | None = None
+    metrics = request.app[METRICS]
     try:
+        sent = time.perf_counter()
         async with request.app[UPSTREAM].request(
             request.method, url, headers, body, request.content_length if request.body_exists else None
         ) as up:
+            head = time.perf_counter()
             resp = web.StreamResponse(status=up.status, reason=up.reason or None)
             for name, value in downstream_headers(up.headers, gateway_cookies=gateway_cookie_names(config)):
                 resp.headers.add(name, value)
@@ -251,6 +256,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
                 request[NO_CONTENT_TYPE] = True  # aiohttp would invent one (AIOHTTP.md §1.9)
             _with_auth_cookies(resp, config, d.auth)
             await resp.prepare(request)
+            metrics.upstream.labels(d.route.path).observe(head - sent)
+            metrics.overhead.labels(d.route.path).observe((sent - started) + (time.perf_counter() - head))
             if request.method != "HEAD" and up.status not in NO_BODY_STATUSES:
                 async for chunk in up.body():
                     await resp.write(chunk)
@@ -261,8 +268,10 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     except BodyTimeout:
         return _after_failure(request, resp, 408, d, config, html)
     except UpstreamTimeout:
+        metrics.upstream_errors.labels(d.route.path, "timeout").inc()
         return _after_failure(request, resp, 504, d, config, html)
     except UpstreamError:
+        metrics.upstream_errors.labels(d.route.path, "unavailable").inc()
         log.warning("upstream unavailable route=%s", d.route.path)
         return _after_failure(request, resp, 502, d, config, html)
 
@@ -350,6 +359,8 @@ async def proxy_websocket(request: web.Request, d: Decision, config: Config) -> 
         down[WS_SESSION] = (d.auth.claims.sid, d.auth.claims.sub, d.auth.claims.ver)
     sockets = request.app[WEBSOCKETS]
     sockets.add(down)
+    gauge = request.app[METRICS].websockets
+    gauge.inc()
     tasks = [asyncio.create_task(_pump_down(down, up)), asyncio.create_task(_pump_up(up, down))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -362,6 +373,7 @@ async def proxy_websocket(request: web.Request, d: Decision, config: Config) -> 
         with contextlib.suppress(Exception):
             await down.close()
         sockets.discard(down)
+        gauge.dec()
     return down
 
 

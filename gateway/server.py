@@ -13,12 +13,15 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.config import Config
+from gateway.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("gateway.server")
 RESTART_BACKOFF = 1.0
@@ -123,6 +126,13 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
+        # Workers share metrics through files in one folder (prometheus_client multiprocess mode);
+        # spawned workers inherit the variable and read it when they import prometheus_client.
+        with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_dir:
+            os.environ.setdefault(MULTIPROC_ENV, metrics_dir)
+            return self._supervise()
+
+    def _supervise(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.workers = [self._start() for _ in range(self.config.server.workers)]
@@ -131,6 +141,8 @@ class Supervisor:
             for i, proc in enumerate(self.workers):
                 if not proc.is_alive() and not self.stopping:
                     log.warning("worker %d exited with %s; restarting", proc.pid, proc.exitcode)
+                    if proc.pid is not None:
+                        mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # its live gauges
                     time.sleep(RESTART_BACKOFF)
                     self.workers[i] = self._start()
         log.info("shutting down: draining %d worker(s)", len(self.workers))
