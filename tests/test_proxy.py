@@ -541,3 +541,19 @@ async def test_expect_continue_with_credentials_proceeds(gw: Any, recorder: Reco
     writer.close()
     assert rest.startswith(b"HTTP/1.1 200")
     assert recorder.last["body"] == b"hello"
+
+
+async def test_upstream_cookies_never_leak_between_users(
+    make_gateway: GatewayFactory, upstream: str, recorder: Recorder
+) -> None:
+    """Cookies the upstream set for one browser are never replayed on another's request: the
+    gateway keeps no cookie jar (SECURITY item 137). The upstream is named `localhost` because
+    aiohttp's default jar ignores IP hosts, which would hide the bug."""
+    gw = await make_gateway(
+        routes=[{"path": "/", "auth": "public", "upstream": upstream.replace("127.0.0.1", "localhost")}]
+    )
+    first = await gw.get("/set-cookies")
+    assert len(first.headers.getall("Set-Cookie")) == 2
+    gw.session.cookie_jar.clear()  # a different browser from here on
+    await gw.get("/second-user")
+    assert header(recorder.last, "Cookie") == []
