@@ -27,7 +27,18 @@ from gateway.config import Config, HeadersConfig, RouteConfig
 from gateway.cookies import clear_session_cookies, gateway_cookie_names, set_session_cookies
 from gateway.csrf import cross_origin
 from gateway.headers import downstream_headers, framing_problem, upstream_headers
-from gateway.keys import CONFIG, DECISION, METRICS, NO_CONTENT_TYPE, ROUTER, UPSTREAM, WEBSOCKETS, WS_SESSION
+from gateway.keys import (
+    ACCOUNTS,
+    CONFIG,
+    DECISION,
+    METRICS,
+    NO_CONTENT_TYPE,
+    ROUTER,
+    STORE,
+    UPSTREAM,
+    WEBSOCKETS,
+    WS_SESSION,
+)
 from gateway.middleware import SECURITY_HEADERS, error_response
 from gateway.paths import PathRejected, Target, canonicalize
 from gateway.redirects import login_url
@@ -362,6 +373,8 @@ async def proxy_websocket(request: web.Request, d: Decision, config: Config) -> 
     gauge = request.app[METRICS].websockets
     gauge.inc()
     tasks = [asyncio.create_task(_pump_down(down, up)), asyncio.create_task(_pump_up(up, down))]
+    if d.auth.claims is not None:
+        tasks.append(asyncio.create_task(_watch_session(request.app, down, d.auth.claims.sid)))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -375,6 +388,26 @@ async def proxy_websocket(request: web.Request, d: Decision, config: Config) -> 
         sockets.discard(down)
         gauge.dec()
     return down
+
+
+async def _watch_session(app: web.Application, down: web.WebSocketResponse, session_id: str) -> None:
+    """Close the socket with 1008 once its session has ended by time (absolute or idle lifetime);
+    revocations close it at once through `close_websockets_of`. One store read per socket every
+    access TTL (at most a minute): off the request path."""
+    interval = min(app[CONFIG].tokens.access_ttl, 60.0)
+    clock = app[ACCOUNTS].clock
+    while not down.closed:
+        await asyncio.sleep(interval)
+        session = await app[STORE].get_session(session_id)
+        now = clock()
+        if (
+            session is None
+            or session.revoked_at is not None
+            or now >= session.expires_at
+            or now >= session.last_used_at + session.idle_ttl
+        ):
+            await down.close(code=1008, message=b"session ended")
+            return
 
 
 def close_websockets_of(app: web.Application, entry: Revocation) -> None:

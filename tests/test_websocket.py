@@ -143,3 +143,39 @@ async def test_revocation_closes_open_sockets_with_1008(ws_gateway: Any) -> None
     msg = await asyncio.wait_for(ws.receive(), 5)
     assert msg.type is aiohttp.WSMsgType.CLOSE
     assert ws.close_code == 1008
+
+
+async def test_socket_of_an_expired_session_is_closed_with_1008(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, tmp_path: Any, clock: Clock
+) -> None:
+    """When the session's absolute lifetime ends, its open websocket is closed with 1008."""
+    upstream = WsUpstream()
+    server = await aiohttp_server(upstream.app())
+    config = make_config(
+        tmp_path, str(server.make_url("")).rstrip("/"), tokens={"access_ttl": 1.0, "session_ttl": 3600.0}
+    )
+    gw = await aiohttp_client(create_app(config, clock=clock))
+    await signed_in(gw)
+    ws = await gw.ws_connect("/ws")
+    await ws.send_str("a")
+    assert (await ws.receive_str(timeout=5)) == "echo:a"
+    clock.advance(3601)
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == 1008
+
+
+async def test_socket_of_a_live_session_stays_open(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, tmp_path: Any, clock: Clock
+) -> None:
+    """The watchdog leaves a socket alone while its session is alive."""
+    upstream = WsUpstream()
+    server = await aiohttp_server(upstream.app())
+    config = make_config(tmp_path, str(server.make_url("")).rstrip("/"), tokens={"access_ttl": 1.0})
+    gw = await aiohttp_client(create_app(config, clock=clock))
+    await signed_in(gw)
+    ws = await gw.ws_connect("/ws")
+    await asyncio.sleep(2.5)
+    await ws.send_str("still")
+    assert (await ws.receive_str(timeout=5)) == "echo:still"
+    await ws.close()
