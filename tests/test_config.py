@@ -21,12 +21,10 @@ from gateway.config import (
     ConfigError,
     HeadersConfig,
     TokensConfig,
-    config_from_dict,
-    describe,
-    load_config,
     parse_duration,
     parse_size,
 )
+from gateway.config_load import config_from_dict, describe, load_config
 from gateway.errors import NotFound
 
 REPO = Path(__file__).resolve().parent.parent
