@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway import __version__
-from gateway.config import ConfigError, describe, load_config
+from gateway.config import ConfigError
+from gateway.config_load import describe, load_config
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
