@@ -134,6 +134,9 @@ def render(
     )
     resp = web.Response(status=status, text=html, content_type="text/html", charset="utf-8")
     resp.headers.update(SECURITY_HEADERS)
+    # Not "no-referrer": under it browsers send `Origin: null` with the page's own form posts,
+    # which the login-CSRF check refuses. "same-origin" still sends nothing to other origins.
+    resp.headers["Referrer-Policy"] = "same-origin"
     resp.headers["Content-Security-Policy"] = content_security_policy(config, t.style_src)
     resp.headers["Cache-Control"] = "no-store"
     if config.server.public_url.startswith("https://"):
@@ -158,6 +161,7 @@ def _form_page(
     exc: errors.GatewayError | None,
     error: str | None,
     status: int | None,
+    remember: bool = False,
 ) -> web.Response:
     config = request.app[CONFIG]
     p = problems_of(exc, registration_open=config.registration.enabled)
@@ -178,6 +182,7 @@ def _form_page(
         "labels": LABELS,
         "focus": focus,
         "remember_me": config.tokens.remember_me,
+        "remember": remember,  # a failed sign-in keeps the box as the user left it
         "registration": config.registration.enabled,
         "min_length": config.passwords.min_length,
         "login_href": _with_next(f"{prefix}/login", nxt),
@@ -194,9 +199,17 @@ def login_page(
     exc: errors.GatewayError | None = None,
     error: str | None = None,
     status: int | None = None,
+    remember: bool = False,
 ) -> web.Response:
     return _form_page(
-        request, "login.html", email=email, next_url=next_url, exc=exc, error=error, status=status
+        request,
+        "login.html",
+        email=email,
+        next_url=next_url,
+        exc=exc,
+        error=error,
+        status=status,
+        remember=remember,
     )
 
 

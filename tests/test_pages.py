@@ -316,7 +316,7 @@ async def test_every_page_sends_the_security_headers(render: Render, name: str) 
     assert csp["base-uri"] == "'none'"
     assert "unsafe-inline" not in page.headers["Content-Security-Policy"]
     assert page.headers["X-Frame-Options"] == "DENY"
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "same-origin"
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["Cache-Control"] == "no-store"
     assert page.headers["Content-Type"] == "text/html; charset=utf-8"
