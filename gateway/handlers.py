@@ -26,6 +26,9 @@ from gateway.store import SessionRecord, UserRecord
 
 AUTH_BODY_LIMIT = 64 * 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Sent on sign-out (SECURITY R-SES-5, R-SES-6): the back button shows pages from the HTTP cache or
+# the back/forward cache however stale; cleared, they come from the network: the login page.
+SIGN_OUT_CLEARS = '"cache"'
 
 
 def user_json(user: UserRecord) -> dict[str, Any]:
@@ -153,7 +156,11 @@ async def login(request: web.Request) -> web.StreamResponse:
         if not is_form:
             raise
         return pages.login_page(
-            request, email=str(fields.get("email", "")), next_url=fields.get("next"), exc=e
+            request,
+            email=str(fields.get("email", "")),
+            next_url=fields.get("next"),
+            exc=e,
+            remember=_wants_remember(fields),
         )
     if not is_form:
         return issued_json(request, issued)
@@ -211,6 +218,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         see_other(f"{config.server.auth_prefix}/logout") if is_form else web.Response(status=204)
     )
     clear_session_cookies(resp, config)
+    resp.headers["Clear-Site-Data"] = SIGN_OUT_CLEARS
     return resp
 
 
@@ -227,6 +235,7 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
         see_other(f"{config.server.auth_prefix}/logout") if is_form else web.Response(status=204)
     )
     clear_session_cookies(resp, config)
+    resp.headers["Clear-Site-Data"] = SIGN_OUT_CLEARS
     return resp
 
 
