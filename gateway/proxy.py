@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -103,12 +104,32 @@ def deny_unauthenticated(request: web.Request, d: Decision, config: Config) -> w
                 "Cache-Control": "no-store",
             },
         )
+    elif request.headers.get("Sec-Fetch-Mode") == "navigate":
+        # A form the browser submitted after the session ended: 401, never a redirect that would
+        # drop the typed data. The page lets the person sign in elsewhere and resubmit by reload.
+        resp = session_ended_page(login_url(config.server.auth_prefix, "/"))
     else:
         challenge = "Bearer"
         if d.auth.bearer_error:
             challenge = f'Bearer error="{d.auth.bearer_error}"'
         resp = error_response(401, "unauthenticated", headers={"WWW-Authenticate": challenge})
     _with_auth_cookies(resp, config, d.auth)
+    return resp
+
+
+def session_ended_page(login_href: str) -> web.Response:
+    body = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width'><title>Please sign in again</title></head>"
+        "<body style='font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem'>"
+        "<h1>Please sign in again</h1><p>Your session ended before this form was sent. Nothing was lost: "
+        f"<a href='{html.escape(login_href)}' target=_blank rel=noopener>sign in in a new tab</a>, then "
+        "come back here and reload this page to send the form again.</p></body></html>"
+    )
+    resp = web.Response(status=401, text=body, content_type="text/html")
+    resp.headers.update(SECURITY_HEADERS)
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["WWW-Authenticate"] = "Bearer"
     return resp
 
 

@@ -51,8 +51,13 @@ async def test_anonymous_navigation_redirects_to_login(gw: Any, recorder: Record
 
 @pytest.mark.parametrize(
     ("method", "headers"),
-    [("GET", JSON), ("POST", HTML), ("GET", {"X-Requested-With": "XMLHttpRequest"}), ("DELETE", {})],
-    ids=["json-get", "form-post", "xhr", "delete"],
+    [
+        ("GET", JSON),
+        ("POST", {"Accept": "text/html"}),
+        ("GET", {"X-Requested-With": "XMLHttpRequest"}),
+        ("DELETE", {}),
+    ],
+    ids=["json-get", "post", "xhr", "delete"],
 )
 async def test_anonymous_api_requests_get_401(
     gw: Any, recorder: Recorder, method: str, headers: dict[str, str]
@@ -62,6 +67,20 @@ async def test_anonymous_api_requests_get_401(
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == "Bearer"
     assert (await resp.json())["error"] == "unauthenticated"
+    assert len(recorder) == 0
+
+
+async def test_form_post_after_the_session_ended_is_401_html_not_a_redirect(
+    gw: Any, recorder: Recorder
+) -> None:
+    """A browser form post without a session gets a 401 page (never a redirect that would drop the
+    typed data), telling the person how to resubmit."""
+    resp = await gw.post("/app/form", data={"note": "typed"}, headers=HTML, allow_redirects=False)
+    assert resp.status == 401
+    assert "Location" not in resp.headers
+    assert resp.headers["Content-Type"].startswith("text/html")
+    text = await resp.text()
+    assert "reload this page" in text and "/auth/login?next=%2F" in text
     assert len(recorder) == 0
 
 
