@@ -201,6 +201,18 @@ def _with_refreshed_cookies(
     return resp
 
 
+def signed_out(request: web.Request) -> web.StreamResponse:
+    """After a sign-out: 204 for API clients, the signed-out page for forms; cookies cleared."""
+    config = request.app[CONFIG]
+    is_form = request.content_type in FORM_TYPES
+    resp: web.StreamResponse = (
+        see_other(f"{config.server.auth_prefix}/logout") if is_form else web.Response(status=204)
+    )
+    clear_session_cookies(resp, config)
+    resp.headers["Clear-Site-Data"] = SIGN_OUT_CLEARS
+    return resp
+
+
 async def logout(request: web.Request) -> web.StreamResponse:
     """Idempotent: ends the session named by the access token or the refresh cookie, if any."""
     if (refused := check_origin(request)) is not None:
@@ -213,13 +225,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         await accounts.logout(session_id=auth.claims.sid)
     if refresh_raw:
         await accounts.logout(refresh_token=refresh_raw)
-    is_form = request.content_type in FORM_TYPES
-    resp: web.StreamResponse = (
-        see_other(f"{config.server.auth_prefix}/logout") if is_form else web.Response(status=204)
-    )
-    clear_session_cookies(resp, config)
-    resp.headers["Clear-Site-Data"] = SIGN_OUT_CLEARS
-    return resp
+    return signed_out(request)
 
 
 async def logout_all(request: web.Request) -> web.StreamResponse:
@@ -229,14 +235,7 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
     if auth.claims is None:
         raise errors.Unauthenticated()
     await request.app[ACCOUNTS].logout_all(auth.claims.sub)
-    is_form = request.content_type in FORM_TYPES
-    config = request.app[CONFIG]
-    resp: web.StreamResponse = (
-        see_other(f"{config.server.auth_prefix}/logout") if is_form else web.Response(status=204)
-    )
-    clear_session_cookies(resp, config)
-    resp.headers["Clear-Site-Data"] = SIGN_OUT_CLEARS
-    return resp
+    return signed_out(request)
 
 
 async def me(request: web.Request) -> web.StreamResponse:
