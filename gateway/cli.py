@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.config import ConfigError
 from gateway.config_load import describe, load_config
 from gateway.errors import GatewayError
+from gateway.migrate import register_store_commands
 
 if TYPE_CHECKING:
     # What add_subparsers() returns; argparse gives it no public name.
@@ -66,7 +67,7 @@ def _register_core(subparsers: Subparsers, common: argparse.ArgumentParser) -> N
 
 
 # Other modules' groups (users, sessions, keys, store) join this tuple.
-COMMAND_GROUPS: tuple[CommandGroup, ...] = (_register_core,)
+COMMAND_GROUPS: tuple[CommandGroup, ...] = (_register_core, register_store_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,13 +7,17 @@ the suite stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pg_server
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
@@ -190,3 +194,48 @@ def cookie_values(client: Any) -> dict[str, str]:
 
 def set_cookie_headers(resp: Any) -> list[str]:
     return list(resp.headers.getall("Set-Cookie", []))
+
+
+# ---- PostgreSQL: one throwaway cluster per test session, for tests/store and the multi-host tests
+
+
+def _install_postgres_once() -> None:
+    """Install the PostgreSQL server packages when they are missing and we may (root with apt-get).
+
+    `make test` does this before pytest starts (tests/install_system_deps.sh); this covers a bare
+    `pytest` run on a fresh machine. Without root or apt-get the fixture skips, naming the package.
+    """
+    apt = shutil.which("apt-get")
+    if pg_server.external_url() or pg_server._find_bindir() is not None or apt is None or os.geteuid() != 0:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-qq", "--no-install-recommends", "postgresql"]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        for argv in ([apt, "update", "-qq"], install):
+            subprocess.run(argv, env=env, capture_output=True, timeout=1200, check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pg_server.PostgresCluster | None]:
+    """The session's throwaway PostgreSQL cluster (started once, removed after), or None when the
+    server comes from GATEWAY_TEST_POSTGRES_URL. Skips the requesting test, saying why, only when
+    PostgreSQL cannot be had at all (not installed and not installable here)."""
+    _install_postgres_once()
+    reason = pg_server.postgres_available()
+    if reason:
+        pytest.skip(reason)
+    if pg_server.external_url():
+        yield None
+        return
+    with pg_server.running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster: pg_server.PostgresCluster | None) -> Iterator[str]:
+    """A database for this test session, on the session's cluster or the external server."""
+    if postgres_cluster is not None:
+        yield postgres_cluster.url
+        return
+    with pg_server.session_database() as url:
+        yield url

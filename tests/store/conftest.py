@@ -6,20 +6,13 @@ yields an opened, empty store. Add PostgreSQL here and the whole contract suite 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pg_server import (
-    PostgresCluster,
-    empty_tables,
-    external_url,
-    postgres_available,
-    running_cluster,
-    session_database,
-)
+from pg_server import empty_tables
 
 from gateway.store import Store
 from gateway.store.postgres import PostgresStore
@@ -44,28 +37,7 @@ async def open_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         await store.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster | None]:
-    """The session's throwaway PostgreSQL cluster (started once), or None when the server comes from
-    GATEWAY_TEST_POSTGRES_URL; skips the requesting test when PostgreSQL cannot be had at all."""
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
-    if external_url():
-        yield None
-        return
-    with running_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="session")
-def postgres_url(postgres_cluster: PostgresCluster | None) -> Iterator[str]:
-    """A database for this test session, on the session's cluster or the external server."""
-    if postgres_cluster is not None:
-        yield postgres_cluster.url
-        return
-    with session_database() as url:
-        yield url
+# postgres_cluster and postgres_url (one cluster per test session) come from tests/conftest.py.
 
 
 @pytest.fixture
