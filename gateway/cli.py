@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway import __version__
+from gateway.admin import register as register_admin_commands
 from gateway.config import ConfigError
 from gateway.config_load import describe, load_config
 from gateway.errors import GatewayError
@@ -67,7 +68,7 @@ def _register_core(subparsers: Subparsers, common: argparse.ArgumentParser) -> N
 
 
 # Other modules' groups (users, sessions, keys, store) join this tuple.
-COMMAND_GROUPS: tuple[CommandGroup, ...] = (_register_core, register_store_commands)
+COMMAND_GROUPS: tuple[CommandGroup, ...] = (_register_core, register_admin_commands, register_store_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,8 @@ from gateway.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("gateway.server")
 RESTART_BACKOFF = 1.0
+DRAIN_POLL = 0.05  # seconds between checks for requests still in progress during shutdown
+SHUTDOWN_TAIL = 1.0  # aiohttp's own wait for handlers, after the drain
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -55,24 +57,95 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def run_worker(config: Config, *, reuse_port: bool) -> None:
     """One serving process: the app on the configured port until SIGTERM/SIGINT, then drain."""
-    from gateway.app import create_app
-    from gateway.logs import AccessLogger, setup_logging
+    from gateway.logs import setup_logging
 
     setup_logging(config.logging)
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve_until_signalled(config, reuse_port=reuse_port))
+    finally:  # as web.run_app does: nothing left running, async generators finalised
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve_until_signalled(config: Config, *, reuse_port: bool) -> None:
+    """web.run_app's sequence, with a drain (`_drain`) between "stop listening" and aiohttp's own
+    shutdown, which would otherwise cut off requests whose bodies are still arriving."""
+    from gateway.app import create_app
+    from gateway.logs import AccessLogger
+
     host, port = split_listen(config.server.listen)
-    web.run_app(
+    runner = _Runner(
         create_app(config),
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        loop=_new_loop(),
         access_log=logging.getLogger("gateway.access") if config.logging.access_log else None,
         access_log_class=AccessLogger,
-        shutdown_timeout=config.server.shutdown_timeout,
         keepalive_timeout=config.server.keepalive_timeout,
-        handle_signals=True,
-        print=None,
+        # _drain already gave requests in flight the configured shutdown_timeout; this is only
+        # for a request that slipped in on a keep-alive connection right after it.
+        shutdown_timeout=SHUTDOWN_TAIL,
     )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping: finishing requests in progress (up to %gs)", config.server.shutdown_timeout)
+        await site.stop()  # no new connections (other workers or instances keep serving theirs)
+        await runner.shutdown()  # on_shutdown first, as aiohttp orders it: websockets closed (1001)
+        await _drain(runner.server, config.server.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose shutdown hooks run once, so that they can run before `_drain` and
+    runner.cleanup() does not run them a second time."""
+
+    _shut_down = False
+
+    async def shutdown(self) -> None:
+        if not self._shut_down:
+            self._shut_down = True
+            await super().shutdown()
+
+
+async def _drain(server: web.Server | None, grace: float) -> None:
+    """Let requests in progress finish, still reading their bodies, for up to `grace` seconds.
+
+    aiohttp's shutdown (BaseRunner.cleanup) first marks every connection as closing, and a
+    closing connection discards the bytes that still arrive (RequestHandler.data_received), so
+    an upload in flight would stall until the timeout and end as an error (aio-libs/aiohttp#2298;
+    seen with aiohttp 3.14). Here idle keep-alive connections are closed at once, busy ones
+    are left to finish first. aiohttp has no public "request in progress" flag, hence the
+    getattr: should it be renamed, this degrades to aiohttp's own behaviour, and
+    tests/test_operations.py's drain test fails.
+    """
+    if server is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while True:
+        busy = False
+        for conn in list(server.connections):
+            if getattr(conn, "_request_in_progress", False):
+                busy = True
+            else:
+                conn.close()
+        if not busy:
+            return
+        if loop.time() >= deadline:
+            log.warning("shutdown_timeout reached with requests still in progress; cutting them off")
+            return
+        await asyncio.sleep(DRAIN_POLL)
 
 
 async def _prepare(config: Config) -> None:

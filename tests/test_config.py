@@ -768,11 +768,12 @@ def test_command_groups_extend_the_parser(
         raise NotFound("no such user: bob@example.com")
 
     def register(subparsers: Any, common: Any) -> None:
-        users = subparsers.add_parser("users", parents=[common]).add_subparsers(required=True)
-        users.add_parser("disable", parents=[common]).set_defaults(handler=failing)
+        # "demo", not a real group's name: argparse refuses a second "users".
+        demo = subparsers.add_parser("demo", parents=[common]).add_subparsers(required=True)
+        demo.add_parser("disable", parents=[common]).set_defaults(handler=failing)
 
     monkeypatch.setattr(cli, "COMMAND_GROUPS", (*cli.COMMAND_GROUPS, register))
-    assert cli.main(["users", "disable", "--config", str(files["good"])]) == 1
+    assert cli.main(["demo", "disable", "--config", str(files["good"])]) == 1
     assert seen == [files["good"]]
     assert capsys.readouterr().err == "gateway: no such user: bob@example.com\n"
 
