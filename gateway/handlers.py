@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from gateway.middleware import error_response
 from gateway.redirects import safe_next
 from gateway.store import SessionRecord, UserRecord
 
+security_log = logging.getLogger("gateway.security")
 AUTH_BODY_LIMIT = 64 * 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Sent on sign-out (SECURITY R-SES-5, R-SES-6): the back button shows pages from the HTTP cache or
@@ -87,6 +89,9 @@ def check_origin(request: web.Request) -> web.Response | None:
     reason = cross_origin(request.method, request.headers, request.app[CONFIG].server.public_url)
     if reason is None:
         return None
+    security_log.warning(
+        "csrf blocked path=%s address=%s reason=%s", request.path, address_of(request)[0], reason
+    )
     return error_response(403, "cross_site_request", "cross-site request refused")
 
 

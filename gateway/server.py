@@ -25,6 +25,8 @@ from gateway.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("gateway.server")
 RESTART_BACKOFF = 1.0
+CRASH_LOOP_WINDOW = 5.0  # a worker that dies sooner than this after starting counts as a crash
+CRASH_LOOP_LIMIT = 5  # consecutive quick deaths before the supervisor gives up (exit 1)
 DRAIN_POLL = 0.05  # seconds between checks for requests still in progress during shutdown
 SHUTDOWN_TAIL = 1.0  # aiohttp's own wait for handlers, after the drain
 
@@ -186,6 +188,7 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.workers: list[Any] = []
         self.stopping = False
+        self._exit_code = 0
 
     def _start(self) -> Any:
         proc = self.ctx.Process(
@@ -209,15 +212,28 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.workers = [self._start() for _ in range(self.config.server.workers)]
+        started = [time.monotonic()] * len(self.workers)
+        quick_deaths = 0
         while not self.stopping:
             time.sleep(0.2)
             for i, proc in enumerate(self.workers):
-                if not proc.is_alive() and not self.stopping:
-                    log.warning("worker %d exited with %s; restarting", proc.pid, proc.exitcode)
-                    if proc.pid is not None:
-                        mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # its live gauges
-                    time.sleep(RESTART_BACKOFF)
-                    self.workers[i] = self._start()
+                if proc.is_alive() or self.stopping:
+                    continue
+                log.warning("worker %d exited with %s; restarting", proc.pid, proc.exitcode)
+                if proc.pid is not None:
+                    mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # its live gauges
+                # A worker that dies right after starting (port taken, bad file) would die again.
+                quick_deaths = quick_deaths + 1 if time.monotonic() - started[i] < CRASH_LOOP_WINDOW else 0
+                if quick_deaths >= CRASH_LOOP_LIMIT:
+                    log.error("workers keep dying at start; giving up (see the errors above)")
+                    self.stopping = True
+                    self._exit_code = 1
+                    break
+                time.sleep(RESTART_BACKOFF)
+                if self.stopping:  # SIGTERM arrived during the back-off
+                    break
+                self.workers[i] = self._start()
+                started[i] = time.monotonic()
         log.info("shutting down: draining %d worker(s)", len(self.workers))
         for proc in self.workers:
             if proc.is_alive() and proc.pid is not None:
@@ -227,4 +243,4 @@ class Supervisor:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
-        return 0
+        return self._exit_code

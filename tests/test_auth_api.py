@@ -370,3 +370,13 @@ async def test_server_header_hides_versions(gw: Any) -> None:
     """No response names the Python or aiohttp version."""
     resp = await gw.get("/auth/health")
     assert resp.headers["Server"] == "gateway"
+
+
+async def test_cross_site_auth_post_is_logged_as_a_security_event(
+    gw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused cross-site post to /auth/* leaves a csrf security log line."""
+    with caplog.at_level("WARNING", logger="gateway.security"):
+        resp = await gw.post("/auth/logout", headers={"Origin": "https://evil.example"})
+    assert resp.status == 403
+    assert any("csrf blocked" in r.getMessage() for r in caplog.records if r.name == "gateway.security")

@@ -10,6 +10,9 @@ import asyncio
 import base64
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from tests.processes import (
     PASSWORD,
     Gateway,
     bearer,
+    child_env,
     free_port,
     http_client,
     jwt_parts,
@@ -297,3 +301,28 @@ async def test_logs_carry_access_lines_and_security_events_but_no_secret(
     assert any("csrf blocked" in m for m in security)
     assert any("reuse detected" in m for m in security)
     assert jwt_parts(issued["access_token"])[1]["sub"] in text  # user ids are logged; tokens are not
+
+
+def test_supervisor_gives_up_when_workers_die_at_start(tmp_path: Path, upstream_port: int) -> None:
+    """Workers that cannot even start (their port is taken) are not restarted forever: the
+    supervisor gives up with exit status 1 and says why."""
+    port = free_port()
+    config = write_config(
+        tmp_path, port=port, upstream_port=upstream_port, sections={"server": {"workers": 2}}
+    )
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))  # no SO_REUSEPORT: every worker's bind fails
+    blocker.listen()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        blocker.close()
+    assert proc.returncode == 1
+    assert "giving up" in proc.stderr
