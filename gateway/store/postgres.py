@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -167,6 +167,23 @@ async def _migrate(con: Any) -> None:
             await con.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
 
+def _split_statement_cache_size(url: str) -> tuple[str, int]:
+    """Take `statement_cache_size` out of the URL's query (asyncpg would send it to the server as
+    a setting, which PostgreSQL refuses). 0 is what PgBouncer in transaction mode needs before
+    version 1.21 (asyncpg FAQ); the default is asyncpg's own, 100."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    sizes = [v for k, v in query if k == "statement_cache_size"]
+    if not sizes:
+        return url, 100
+    try:
+        size = int(sizes[-1])
+    except ValueError:
+        raise StoreError("storage.url: statement_cache_size must be an integer") from None
+    rest = urlencode([(k, v) for k, v in query if k != "statement_cache_size"])
+    return urlunsplit(parts._replace(query=rest)), size
+
+
 class PostgresStore:
     """A pool of up to 10 connections; every unit of work borrows one."""
 
@@ -181,18 +198,21 @@ class PostgresStore:
     async def open(cls, url: str) -> PostgresStore:
         """Connect a pool to `url` and bring the schema up to date."""
         where = _where(url)
+        url, cache_size = _split_statement_cache_size(url)
         try:
             pool = await asyncpg.create_pool(
                 url,
                 min_size=1,
                 max_size=10,
                 command_timeout=COMMAND_TIMEOUT,
+                statement_cache_size=cache_size,
                 server_settings={"application_name": "gateway"},
             )
         except (
             *_UNAVAILABLE,
             asyncpg.InvalidAuthorizationSpecificationError,
             asyncpg.InvalidCatalogNameError,
+            asyncpg.PostgresError,
         ) as exc:
             # The message names host, port and database, never the URL's user or password.
             raise StoreError(f"cannot connect to the PostgreSQL store at {where}: {exc}") from exc

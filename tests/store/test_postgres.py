@@ -270,3 +270,20 @@ async def test_ping_raises_store_error_while_the_server_is_stopped(
 
     await pg_store.ping()
     assert await pg_store.get_user("nobody") is None
+
+
+async def test_statement_cache_size_in_the_url_is_honoured(postgres_url: str) -> None:
+    """`?statement_cache_size=0` (PgBouncer in transaction mode) is given to asyncpg, not sent to the
+    server as a setting, which PostgreSQL would refuse."""
+    store = await PostgresStore.open(postgres_url + "?statement_cache_size=0")
+    try:
+        await store.ping()
+        assert await store.get_user("nobody") is None
+    finally:
+        await store.close()
+
+
+async def test_bad_statement_cache_size_is_a_store_error(postgres_url: str) -> None:
+    """A non-integer statement_cache_size is a clear StoreError, not a traceback from the driver."""
+    with pytest.raises(StoreError, match="statement_cache_size"):
+        await PostgresStore.open(postgres_url + "?statement_cache_size=lots")
