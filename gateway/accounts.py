@@ -28,7 +28,7 @@ from gateway.errors import (
     TooManyAttempts,
 )
 from gateway.passwords import Passwords, normalize_email, normalize_password, password_problem
-from gateway.ratelimit import LoginThrottle, throttle_keys
+from gateway.ratelimit import AddressFailures, LoginThrottle, throttle_keys
 from gateway.revocation import RevocationList
 from gateway.store import RefreshTokenRecord, Revocation, SessionRecord, Store, UserRecord
 from gateway.tokens import (
@@ -40,6 +40,9 @@ from gateway.tokens import (
 )
 
 security_log = logging.getLogger("gateway.security")
+# Failed refreshes per client address before 429 (SECURITY C.1: 30 per 5 minutes per address).
+REFRESH_FAILURES_PER_ADDRESS = 30
+REFRESH_FAILURE_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Accounts:
         self.revocations = revocations
         self.clock = clock
         self.throttle = LoginThrottle(config.login, store)
+        self.refresh_failures = AddressFailures(REFRESH_FAILURES_PER_ADDRESS, REFRESH_FAILURE_WINDOW)
         self._inflight: dict[str, asyncio.Future[Issued]] = {}
         # (kind, outcome) for metrics: ("login", "success"), ("refresh", "reuse_detected"), …
         self.events: Callable[[str, str], None] = events or (lambda kind, outcome: None)
@@ -206,28 +210,60 @@ class Accounts:
 
     # ---- refresh ------------------------------------------------------------------------------
 
-    async def refresh(self, raw: str, *, client: str) -> Issued:
-        """Rotate `raw`; concurrent calls with the same token in this process share one rotation."""
+    async def refresh(
+        self, raw: str, *, client: str, session_id: str | None = None, address: str | None = None
+    ) -> Issued:
+        """Rotate `raw`; concurrent calls with the same token in this process share one rotation.
+
+        `session_id`: the session of the (expired) access token presented beside `raw`; a refresh
+        token of another session is refused without rotating (SECURITY item 61). `address`: the
+        client address, whose failed refreshes are limited before any database read (items 58,
+        136); past the limit TooManyAttempts is raised.
+        """
+        if address is not None and raw:
+            wait = self.refresh_failures.retry_after(address, self.clock())
+            if wait > 0:
+                self.events("refresh", "throttled")
+                raise TooManyAttempts(retry_after=wait)
+        try:
+            return await self._refresh_once(raw, client, session_id)
+        except InvalidRefreshToken:
+            if address is not None and raw:
+                self.refresh_failures.failed(address, self.clock())
+            raise
+
+    async def _refresh_once(self, raw: str, client: str, session_id: str | None) -> Issued:
         if not raw or len(raw) > 128:
             raise InvalidRefreshToken()
         token_hash = hash_refresh_token(raw)
-        pending = self._inflight.get(token_hash)
+        key = f"{token_hash} {session_id or ''}"  # a mismatched caller must not share a rotation
+        pending = self._inflight.get(key)
         if pending is not None:
             issued = replace(await asyncio.shield(pending), outcome="coalesced")
             self.events("refresh", issued.outcome)
             return issued
-        task = asyncio.ensure_future(self._refresh(raw, token_hash, client))
-        self._inflight[token_hash] = task
+        task = asyncio.ensure_future(self._refresh(raw, token_hash, client, session_id))
+        self._inflight[key] = task
         # Shielded so a browser that disconnects cannot cancel a rotation half-way for its siblings.
-        task.add_done_callback(lambda _: self._inflight.pop(token_hash, None))
+        task.add_done_callback(lambda _: self._inflight.pop(key, None))
         issued = await asyncio.shield(task)
         self.events("refresh", issued.outcome)
         return issued
 
-    async def _refresh(self, raw: str, token_hash: str, client: str) -> Issued:
+    async def _refresh(self, raw: str, token_hash: str, client: str, session_id: str | None = None) -> Issued:
         row = await self.store.get_refresh_token(token_hash)
         if row is None:
             self.events("refresh", "unknown")
+            raise InvalidRefreshToken()
+        if session_id is not None and row.session_id != session_id:
+            # An access token of one session beside the refresh token of another: never rotate.
+            self.events("refresh", "session_mismatch")
+            security_log.warning(
+                "refresh refused: session mismatch session=%s access_session=%s address=%s",
+                row.session_id,
+                session_id,
+                client.split(" ", 1)[0],
+            )
             raise InvalidRefreshToken()
         session = await self.store.get_session(row.session_id)
         now = self.clock()
@@ -266,10 +302,11 @@ class Accounts:
         await self._revoke([session.id], reason="refresh_reuse")
         self.events("refresh", "reuse_detected")
         security_log.warning(
-            "refresh token reuse detected: session revoked session=%s user=%s generation=%d",
+            "refresh token reuse detected: session revoked session=%s user=%s generation=%d address=%s",
             session.id,
             user.id,
             row.generation,
+            client.split(" ", 1)[0],  # `client` is "<address> <user agent>"
         )
         raise InvalidRefreshToken()
 
@@ -336,6 +373,7 @@ class Accounts:
             user.id, now=self.clock(), password_hash=new_hash, bump_token_version=True
         )
         assert updated is not None
+        security_log.info("password changed user=%s", user.id)
         await self._revoke(user_id=user.id, reason="password_change")
         await self._invalidate_user_tokens(updated)
         return updated
@@ -346,6 +384,7 @@ class Accounts:
             user.id, now=self.clock(), disabled=disabled, bump_token_version=disabled
         )
         assert updated is not None
+        security_log.info("user %s user=%s", "disabled" if disabled else "enabled", user.id)
         if disabled:
             await self._revoke(user_id=user.id, reason="user_disabled")
             await self._invalidate_user_tokens(updated)

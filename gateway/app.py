@@ -33,7 +33,13 @@ from gateway.keys import (
     WEBSOCKETS,
 )
 from gateway.metrics import Metrics
-from gateway.middleware import error_middleware, on_prepare, request_metrics
+from gateway.middleware import (
+    error_middleware,
+    framing_guard,
+    on_prepare,
+    request_metrics,
+    use_gateway_requests,
+)
 from gateway.passwords import Passwords
 from gateway.proxy import add_proxy_routes, close_websockets_of
 from gateway.revocation import RevocationList, poll_forever
@@ -69,10 +75,11 @@ async def _housekeeping(app: web.Application, clock: Callable[[], float]) -> Non
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(
-        middlewares=[request_metrics, error_middleware],
+        middlewares=[request_metrics, error_middleware, framing_guard],
         client_max_size=handlers.AUTH_BODY_LIMIT,
         handler_args=handler_args(config),
     )
+    use_gateway_requests(app)  # parser errors answered without echo or versions (SECURITY 144-145)
     app[CONFIG] = config
     metrics = app[METRICS] = Metrics()
     app.on_response_prepare.append(on_prepare)

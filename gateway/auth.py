@@ -9,6 +9,7 @@ database round trip and no signature check for a token already verified.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +51,36 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+def cookie_value(request: web.BaseRequest, name: str) -> str | None:
+    """The value of cookie `name`, or None when absent: what `request.cookies.get(name)` gives
+    (surrounding whitespace and double quotes removed, the last one when repeated) without parsing
+    every other cookie. aiohttp's full parse cost more than the rest of authentication together
+    (docs/performance.md); duplicates of the gateway's cookies are refused earlier anyway."""
+    found = None
+    for header in request.headers.getall("Cookie", ()):
+        if name not in header:
+            continue
+        for pair in header.split(";"):
+            key, _, value = pair.partition("=")
+            if key.strip() == name:  # a bare name counts, with the value ""
+                value = value.strip()
+                if len(value) > 1 and value[0] == '"' == value[-1]:
+                    value = value[1:-1]
+                found = value
+    return found
+
+
+def has_any_cookie(request: web.BaseRequest, names: Collection[str]) -> bool:
+    """Whether any cookie named in `names` is present: `any(cookie_value(request, n) is not None
+    for n in names)` in one pass over the Cookie headers."""
+    for header in request.headers.getall("Cookie", ()):
+        if any(name in header for name in names):  # a quick look before splitting
+            for pair in header.split(";"):
+                if pair.partition("=")[0].strip() in names:
+                    return True
+    return False
+
+
 def address_of(request: web.Request) -> tuple[str, bool]:
     """(client address, peer is a trusted proxy), computed once per request."""
     cached = request.get(ADDRESS)
@@ -83,8 +114,9 @@ async def authenticate(request: web.Request, *, address: str, allow_refresh: boo
         return AuthResult(claims=claims, via="bearer")
 
     cookies = app[CONFIG].cookies
-    access = request.cookies.get(cookies.access_cookie)
+    access = cookie_value(request, cookies.access_cookie)
     may_refresh = True
+    session_id = None  # the access token's session: a refresh must stay in it (SECURITY item 61)
     if access:
         try:
             claims = tokens.verify(access, now)
@@ -93,17 +125,20 @@ async def authenticate(request: web.Request, *, address: str, allow_refresh: boo
             # A revoked session cannot refresh; a user-version bump (roles changed) can and must,
             # so the next token carries the new roles.
             may_refresh = claims.sid not in revocations.sessions
-        except TokenExpired:
-            pass
+            session_id = claims.sid
+        except TokenExpired as expired:
+            session_id = expired.claims.sid if expired.claims is not None else None
         except TokenInvalid:
             may_refresh = False
-    refresh = request.cookies.get(cookies.refresh_cookie)
+    refresh = cookie_value(request, cookies.refresh_cookie)
     if not refresh:
         return AuthResult(clear_cookies=bool(access))
     if not (allow_refresh and may_refresh):
         return AuthResult(clear_cookies=True)
     try:
-        issued = await app[ACCOUNTS].refresh(refresh, client=client_description(request, address))
+        issued = await app[ACCOUNTS].refresh(
+            refresh, client=client_description(request, address), session_id=session_id, address=address
+        )
     except InvalidRefreshToken as e:
         return AuthResult(clear_cookies=True, refresh_error=str(e))
     return AuthResult(claims=issued.claims, via="cookie", issued=issued)

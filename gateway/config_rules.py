@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -355,4 +356,6 @@ def format_duration(seconds: float) -> str:
     milliseconds = seconds * 1000
     if milliseconds == round(milliseconds):
         return f"{round(milliseconds)}ms"
-    return f"{seconds:g}s"
+    # Exact: repr() is the shortest text that reads back as the same float; "g" would round to 6
+    # digits and write 1e-06, which parse_duration refuses (found by tests/security/test_properties).
+    return f"{Decimal(repr(seconds)):f}s"

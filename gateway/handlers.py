@@ -7,10 +7,12 @@ a cross-site origin whether or not cookies are present (login CSRF, DESIGN §7).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -27,6 +29,7 @@ from gateway.store import SessionRecord, UserRecord
 
 security_log = logging.getLogger("gateway.security")
 AUTH_BODY_LIMIT = 64 * 1024
+T = TypeVar("T")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Sent on sign-out (SECURITY R-SES-5, R-SES-6): the back button shows pages from the HTTP cache or
 # the back/forward cache however stale; cleared, they come from the network: the login page.
@@ -55,7 +58,7 @@ async def read_fields(request: web.Request) -> tuple[dict[str, str], bool]:
     ctype = request.content_type
     if ctype == "application/json":
         try:
-            data = json.loads(await request.read() or b"{}")
+            data = json.loads(await _body_within_deadline(request, request.read()) or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise errors.InvalidInput({}, "the body is not valid JSON") from None
         if not isinstance(data, dict):
@@ -67,11 +70,21 @@ async def read_fields(request: web.Request) -> tuple[dict[str, str], bool]:
             if isinstance(v, str | bool)
         }, False
     if ctype in FORM_TYPES:
-        form = await request.post()
+        form = await _body_within_deadline(request, request.post())
         return {k: v for k, v in form.items() if isinstance(v, str)}, True
     if not request.body_exists:
         return {}, False
     raise web.HTTPUnsupportedMediaType()
+
+
+async def _body_within_deadline(request: web.Request, reading: Awaitable[T]) -> T:
+    """aiohttp has no body-read deadline: a client trickling its body would hold the handler
+    for ever (SECURITY item 133). Past request_body_timeout: 408."""
+    try:
+        async with asyncio.timeout(request.app[CONFIG].server.request_body_timeout):
+            return await reading
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
 
 
 def see_other(location: str, status: int = 303) -> web.Response:
@@ -185,7 +198,9 @@ async def refresh(request: web.Request) -> web.StreamResponse:
         raw = str(fields.get("refresh_token") or "")
     address, _ = address_of(request)
     try:
-        issued = await request.app[ACCOUNTS].refresh(raw or "", client=client_description(request, address))
+        issued = await request.app[ACCOUNTS].refresh(
+            raw or "", client=client_description(request, address), address=address
+        )
     except errors.InvalidRefreshToken as e:
         resp = error_response(401, "invalid_refresh_token", e.message)
         clear_session_cookies(resp, config)
@@ -339,3 +354,18 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(f"{prefix}/account", account_page)
     r.add_get(f"{prefix}/jwks.json", jwks)
     r.add_get(f"{prefix}/health", health)
+    # Everything else under the prefix is the gateway's too (routes may not live there): answer
+    # it here, 405 or 404, rather than let the proxy's catch-all send it upstream (SECURITY 124).
+    r.add_route("*", f"{prefix}/{{tail:.*}}", reserved)
+
+
+async def reserved(request: web.Request) -> web.StreamResponse:
+    allowed = {
+        route.method
+        for resource in request.app.router.resources()
+        if resource.canonical == request.path
+        for route in resource
+    }
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    raise web.HTTPNotFound()

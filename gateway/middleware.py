@@ -11,15 +11,18 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway import errors
-from gateway.keys import DECISION, METRICS
+from gateway.keys import CONFIG, DECISION, METRICS
 
 log = logging.getLogger("gateway.http")
+security_log = logging.getLogger("gateway.security")
+HSTS = "max-age=31536000"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,7 +120,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+        resp = error_response(exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+        if exc.status in (408, 413):
+            resp.force_close()  # the rest of the body is still on the wire: do not wait for it
+        return resp
     except ConnectionResetError:
         raise  # the client went away; nothing to answer
     except Exception:
@@ -126,8 +132,77 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Runs after aiohttp added its own headers: hide the version it put in `Server`."""
+    """Runs after aiohttp added its own headers: hide the version it put in `Server`; over HTTPS,
+    pin browsers to it (HSTS, one year: SECURITY item 76, ASVS 5.0 V3.4.1)."""
     response.headers["Server"] = "gateway"
+    if request.app[CONFIG].server.public_url.startswith("https://"):
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+
+
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: a Host is a host name or IP literal and an optional port.
+# Stricter than reg-name on purpose: no userinfo, path, list, space or percent-encoding.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]*)(?::[0-9]{1,5})?")
+
+
+def framing_problem(request: web.BaseRequest) -> str | None:
+    """What the parser accepts but HTTP/1.1 forbids, as a fixed phrase (never request bytes)."""
+    if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
+        return "Transfer-Encoding in an HTTP/1.0 request"  # RFC 9112 §6.1: faulty framing
+    if not all(_HOST.fullmatch(host) for host in request.headers.getall("Host", ())):
+        return "invalid Host"  # RFC 9112 §3.2: answer 400
+    return None
+
+
+@web.middleware
+async def framing_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """400 and close for framing llhttp lets through (SECURITY items 96 and 98), before any
+    handler reads the body or anything is forwarded."""
+    problem = framing_problem(request)
+    if problem is not None:
+        security_log.warning("refused malformed request: %s", problem)
+        resp = error_response(400, "bad_request", "the request is malformed")
+        resp.force_close()
+        return resp
+    return await handler(request)
+
+
+class GatewayRequest(web.Request):
+    """A `web.Request` whose parser-error answers are the gateway's own.
+
+    aiohttp answers a request its parser refused (bad framing, an over-long line, an unknown
+    method…) before routing and middlewares, with a text body quoting the offending bytes and a
+    `Server` header naming the Python and aiohttp versions (aiohttp THREAT_MODEL threat 1.11).
+    That answer is still prepared through this hook, with no route matched, so it is rewritten
+    here: same status, a generic body, no versions (SECURITY items 144, 145; ASVS 5.0 V16.5.1).
+    """
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        if self._match_info is None and isinstance(response, web.Response) and response.status >= 400:
+            code, message = HTTP_CODES.get(response.status, ("bad_request", "the request is malformed"))
+            body = json.dumps({"error": code, "message": message}).encode()
+            response.body = body
+            response.headers["Content-Length"] = str(len(body))
+            response.headers["Content-Type"] = "application/json; charset=utf-8"
+            response.headers.update(SECURITY_HEADERS)
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Server"] = "gateway"
+        await super()._prepare_hook(response)
+
+
+def use_gateway_requests(app: web.Application) -> None:
+    """Make `app` build `GatewayRequest`s, for parser errors too (see GatewayRequest).
+
+    aiohttp has no public hook for its parser-error answer; `Application._make_request` is the
+    request factory it hands to its server. The security tests (items 144, 145) fail if a future
+    aiohttp changes this.
+    """
+    make_request = app._make_request
+
+    def factory(*args: Any, **kwargs: Any) -> web.Request:
+        kwargs["_cls"] = GatewayRequest
+        return make_request(*args, **kwargs)
+
+    app._make_request = factory  # type: ignore[method-assign]
 
 
 @web.middleware

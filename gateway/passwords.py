@@ -32,7 +32,9 @@ _EMAIL_RE = re.compile(
 # zxcvbn scores 0-4; 3 is "safely unguessable: moderate protection from offline slow-hash scenario".
 MIN_ZXCVBN_SCORE = 3
 T = TypeVar("T")
-ZXCVBN_MAX_CHARS = 100  # zxcvbn's cost grows with length; the rest of a long password only adds strength
+# zxcvbn's cost grows with length and zxcvbn >= 4.5 raises ValueError past 72 characters (a 500 for
+# any longer password); the rest of a long password only adds strength (SECURITY item 9).
+ZXCVBN_MAX_CHARS = 72
 
 
 def normalize_email(raw: str) -> str:
@@ -62,7 +64,11 @@ def password_problem(password: str, config: PasswordsConfig, context: list[str])
     if len(password) > config.max_length:
         return f"must be at most {config.max_length} characters"
     if config.reject_common:
-        result = zxcvbn(password[:ZXCVBN_MAX_CHARS], user_inputs=[c for c in context if c])
+        result = zxcvbn(
+            password[:ZXCVBN_MAX_CHARS],
+            user_inputs=[c for c in context if c],
+            max_length=ZXCVBN_MAX_CHARS,
+        )
         if int(result["score"]) < MIN_ZXCVBN_SCORE:
             return "is too common or easy to guess; choose a longer, less predictable passphrase"
     return None

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from gateway.auth import ANONYMOUS, AuthResult, address_of, authenticate, bearer_token
+from gateway.auth import ANONYMOUS, AuthResult, address_of, authenticate, bearer_token, has_any_cookie
 from gateway.classify import wants_html
 from gateway.config import Config, HeadersConfig, RouteConfig
 from gateway.cookies import clear_session_cookies, gateway_cookie_names, set_session_cookies
 from gateway.csrf import cross_origin
-from gateway.headers import downstream_headers, framing_problem, upstream_headers
+from gateway.headers import downstream_headers, framing_problem, header_key, upstream_headers
 from gateway.keys import (
     ACCOUNTS,
     CONFIG,
@@ -52,7 +52,9 @@ log = logging.getLogger("gateway.proxy")
 security_log = logging.getLogger("gateway.security")
 
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT", "TRACK"})  # TRACE would echo cookies (SECURITY 145)
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 §9.2.1. Every other method (WebDAV PROPPATCH, MOVE…, or one the app invents) is
+# CSRF-checked like POST (SECURITY item 119).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -133,6 +135,11 @@ def session_ended_page(login_href: str) -> web.Response:
     return resp
 
 
+def _wants_html(request: web.Request) -> bool:
+    """Whether an error page should be HTML; asked only when answering with one (it parses Accept)."""
+    return wants_html(request.method, request.headers)
+
+
 async def decide(request: web.Request) -> Decision | web.Response:
     """Run every check; return the decision, or the response that ends the request here."""
     cached = request.get(DECISION)
@@ -145,28 +152,34 @@ async def decide(request: web.Request) -> Decision | web.Response:
 
 async def _decide(request: web.Request) -> Decision | web.Response:
     config = request.app[CONFIG]
-    html = wants_html(request.method, request.headers)
     if request.method.upper() in REFUSED_METHODS:
-        return error_response(405, html_page=html)
+        return error_response(405, html_page=_wants_html(request))
     try:
         target = canonicalize(request.raw_path)
         route = request.app[ROUTER].route_for(target)
     except PathRejected:
-        return error_response(400, "bad_path", "the request path is not allowed", html_page=html)
+        return error_response(
+            400, "bad_path", "the request path is not allowed", html_page=_wants_html(request)
+        )
     if route is None:
-        return error_response(404, html_page=html)
-    gateway_cookies = gateway_cookie_names(config)
+        return error_response(404, html_page=_wants_html(request))
+    gateway_cookies = request.app[GATEWAY_COOKIES]
     if (problem := framing_problem(request.headers, gateway_cookies=gateway_cookies)) is not None:
         security_log.warning("refused ambiguous request: %s", problem)
-        return error_response(400, "bad_request", "ambiguous credentials in the request", html_page=html)
+        return error_response(
+            400, "bad_request", "ambiguous credentials in the request", html_page=_wants_html(request)
+        )
     address, peer_trusted = address_of(request)
+    forged = request.app[IDENTITY_KEYS].intersection(map(header_key, request.headers))
+    if forged:  # dropped below by upstream_headers; worth a security event (SECURITY item 143)
+        security_log.warning("forged identity headers dropped address=%s count=%d", address, len(forged))
 
     auth = ANONYMOUS
     if route.auth != "public":
         bearer = bearer_token(request)
-        has_cookie = any(n in request.cookies for n in gateway_cookies)
+        has_cookie = has_any_cookie(request, gateway_cookies)
         upgrade = route.websocket and request.headers.get("Upgrade", "").lower() == "websocket"
-        if bearer is None and has_cookie and (upgrade or request.method.upper() in UNSAFE_METHODS):
+        if bearer is None and has_cookie and (upgrade or request.method.upper() not in SAFE_METHODS):
             # A websocket handshake is a GET, but browsers send cookies and Origin with it and the
             # same-origin policy does not apply: judge it like an unsafe request (RFC 6455 §10.2).
             reason = cross_origin(
@@ -174,17 +187,21 @@ async def _decide(request: web.Request) -> Decision | web.Response:
             )
             if reason is not None:  # before authentication: a forged request never refreshes
                 security_log.warning("csrf blocked address=%s reason=%s", address, reason)
-                return error_response(403, "cross_site_request", "cross-site request refused", html_page=html)
+                return error_response(
+                    403, "cross_site_request", "cross-site request refused", html_page=_wants_html(request)
+                )
         auth = await authenticate(request, address=address)
     d = Decision(route, target, auth, address, peer_trusted)
 
     if route.auth == "required" and auth.claims is None:
         return deny_unauthenticated(request, d, config)
     if route.roles and auth.claims is not None and not set(route.roles) & set(auth.claims.roles):
-        resp = error_response(403, "forbidden", "you lack the role this page needs", html_page=html)
+        resp = error_response(
+            403, "forbidden", "you lack the role this page needs", html_page=_wants_html(request)
+        )
         return _with_auth_cookies(resp, config, auth)
     if request.content_length is not None and request.content_length > route.max_body_size:
-        resp = error_response(413, html_page=html)
+        resp = error_response(413, html_page=_wants_html(request))
         resp.force_close()
         return _with_auth_cookies(resp, config, auth)
     return d
@@ -215,18 +232,19 @@ def _identity(route: RouteConfig, config: Config, auth: AuthResult) -> dict[str,
 
 
 def _upstream_request_headers(request: web.Request, d: Decision, config: Config) -> CIMultiDict[str]:
-    public = urlsplit(config.server.public_url)
+    public_scheme, public_host = request.app[PUBLIC_ORIGIN]
     identity_names: tuple[str, ...] = request.app[IDENTITY_NAMES]
+    gateway_cookies: tuple[str, ...] = request.app[GATEWAY_COOKIES]
     return upstream_headers(
         request.headers,
         identity=_identity(d.route, config, d.auth),
         identity_names=identity_names,
-        gateway_cookies=gateway_cookie_names(config),
+        gateway_cookies=gateway_cookies,
         strip_authorization=bearer_token(request) is not None,
         client_ip=d.address,
         peer_trusted=d.peer_trusted,
-        public_scheme=public.scheme,
-        public_host=public.netloc,
+        public_scheme=public_scheme,
+        public_host=public_host,
     )
 
 
@@ -262,12 +280,11 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     if d.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
         return await proxy_websocket(request, d, config)
-    html = wants_html(request.method, request.headers)
     url = d.route.upstream + upstream_target(d.route, d.target)
     try:
         headers = _upstream_request_headers(request, d, config)
     except ValueError:  # an identity value with a control character: never emit it
-        return _with_auth_cookies(error_response(500, html_page=html), config, d.auth)
+        return _with_auth_cookies(error_response(500, html_page=_wants_html(request)), config, d.auth)
     body = (
         _capped_body(request, d.route.max_body_size, config.server.request_body_timeout)
         if request.body_exists
@@ -281,11 +298,15 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             request.method, url, headers, body, request.content_length if request.body_exists else None
         ) as up:
             head = time.perf_counter()
-            resp = web.StreamResponse(status=up.status, reason=up.reason or None)
-            for name, value in downstream_headers(up.headers, gateway_cookies=gateway_cookie_names(config)):
+            # A body already complete goes out in one write with the head (docs/performance.md).
+            response_class = _WholeResponse if up.complete else web.StreamResponse
+            resp = response_class(status=up.status, reason=up.reason or None)
+            own_cookies: tuple[str, ...] = request.app[GATEWAY_COOKIES]
+            for name, value in downstream_headers(up.headers, gateway_cookies=own_cookies):
                 resp.headers.add(name, value)
-            if "Content-Type" not in up.headers:
-                request[NO_CONTENT_TYPE] = True  # aiohttp would invent one (AIOHTTP.md §1.9)
+            # aiohttp would invent a Content-Type (AIOHTTP.md §1.9). Set either way: a missing
+            # key costs restore_upstream_headers an exception.
+            request[NO_CONTENT_TYPE] = "Content-Type" not in up.headers
             _with_auth_cookies(resp, config, d.auth)
             await resp.prepare(request)
             metrics.upstream.labels(d.route.path).observe(head - sent)
@@ -296,16 +317,23 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             await resp.write_eof()
             return resp
     except BodyTooLarge:
-        return _after_failure(request, resp, 413, d, config, html)
+        return _after_failure(request, resp, 413, d, config, _wants_html(request))
     except BodyTimeout:
-        return _after_failure(request, resp, 408, d, config, html)
+        return _after_failure(request, resp, 408, d, config, _wants_html(request))
     except UpstreamTimeout:
         metrics.upstream_errors.labels(d.route.path, "timeout").inc()
-        return _after_failure(request, resp, 504, d, config, html)
+        return _after_failure(request, resp, 504, d, config, _wants_html(request))
     except UpstreamError:
         metrics.upstream_errors.labels(d.route.path, "unavailable").inc()
         log.warning("upstream unavailable route=%s", d.route.path)
-        return _after_failure(request, resp, 502, d, config, html)
+        return _after_failure(request, resp, 502, d, config, _wants_html(request))
+
+
+class _WholeResponse(web.StreamResponse):
+    """A proxied response whose whole body is already here: aiohttp then sends the head with the
+    first body write (or at write_eof), not on its own as a StreamResponse does."""
+
+    _send_headers_immediately = False
 
 
 def _after_failure(
@@ -451,10 +479,18 @@ async def restore_upstream_headers(request: web.Request, response: web.StreamRes
 
 
 IDENTITY_NAMES: web.AppKey[tuple[str, ...]] = web.AppKey("identity_names")
+IDENTITY_KEYS: web.AppKey[frozenset[str]] = web.AppKey("identity_keys")
+# Per-request constants, computed once (docs/performance.md).
+GATEWAY_COOKIES: web.AppKey[tuple[str, ...]] = web.AppKey("gateway_cookies")
+PUBLIC_ORIGIN: web.AppKey[tuple[str, str]] = web.AppKey("public_origin")  # (scheme, host[:port])
 
 
 def add_proxy_routes(app: web.Application) -> None:
     app[IDENTITY_NAMES] = _identity_names(app[CONFIG])
+    app[IDENTITY_KEYS] = frozenset(header_key(n) for n in app[IDENTITY_NAMES])
+    app[GATEWAY_COOKIES] = gateway_cookie_names(app[CONFIG])
+    public = urlsplit(app[CONFIG].server.public_url)
+    app[PUBLIC_ORIGIN] = (public.scheme, public.netloc)
     app.on_response_prepare.append(restore_upstream_headers)
     app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=expect_continue)
 

@@ -60,3 +60,37 @@ class LoginThrottle:
     async def succeeded(self, keys: ThrottleKeys) -> None:
         # Only the account's counter resets: a spraying address keeps its count.
         await self.store.throttle_clear(keys.email)
+
+
+class AddressFailures:
+    """Failures per client address in a fixed window, kept in this process's memory.
+
+    Used for refresh attempts with bad tokens (SECURITY items 58 and 136; C.1 suggests 30 per
+    5 minutes per address): an unknown refresh token costs one indexed read, so counting it in
+    the shared store would cost more than the attack it stops. With N worker processes the
+    effective limit is N times `limit`, still a bound on the database load.
+    """
+
+    MAX_ADDRESSES = 100_000  # bounded memory: past it, windows that ended are dropped, then all
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._counts: dict[str, tuple[int, float]] = {}  # address -> (failures, window start)
+
+    def retry_after(self, address: str, now: float) -> float:
+        """Seconds until `address` may try again; 0 when it may now."""
+        count, start = self._counts.get(address, (0, now))
+        if now - start > self.window or count < self.limit:
+            return 0.0
+        return start + self.window - now
+
+    def failed(self, address: str, now: float) -> None:
+        count, start = self._counts.get(address, (0, now))
+        if now - start > self.window:
+            count, start = 0, now
+        if address not in self._counts and len(self._counts) >= self.MAX_ADDRESSES:
+            self._counts = {a: v for a, v in self._counts.items() if now - v[1] <= self.window}
+            if len(self._counts) >= self.MAX_ADDRESSES:
+                self._counts.clear()
+        self._counts[address] = (count + 1, start)

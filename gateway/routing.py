@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 from urllib.parse import unquote
 
 from gateway.config import RouteConfig
@@ -20,6 +21,8 @@ from gateway.paths import PathRejected, Target
 
 __all__ = ["Router", "match_route", "upstream_target"]
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 _ENCODED_SLASH = re.compile("%2[fF]")
 _SLASH_RUN = re.compile("/{2,}")
 
@@ -31,7 +34,27 @@ def _prefix(route: RouteConfig) -> str:
 
 def _key(path: str) -> str:
     """The path as compared with route prefixes: decoded, except that `%2F` stays `%2F`."""
-    return "%2F".join(unquote(part) for part in _ENCODED_SLASH.split(path))
+    if "%" not in path:
+        return path  # nothing to decode: the common case
+    key = _KEYS.get(path)
+    if key is None:
+        key = "%2F".join(unquote(part) for part in _ENCODED_SLASH.split(path))
+        if len(path) <= CACHED_PATH:
+            _remember(_KEYS, path, key)
+    return key
+
+
+# Memos of pure functions of the path, for the hot path. Paths come from clients, so only short
+# ones are kept and a full memo starts over: memory stays bounded (CACHE_LIMIT × CACHED_PATH).
+CACHE_LIMIT = 4096
+CACHED_PATH = 256
+_KEYS: dict[str, str] = {}
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V) -> None:
+    if len(memo) >= CACHE_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def _under(key: str, prefix: str) -> bool:
@@ -91,6 +114,9 @@ class Router:
         # `sorted` is stable, so routes with equal prefixes keep their configuration order.
         self._routes = tuple(sorted(routes, key=lambda r: len(_prefix(r)), reverse=True))
         self._prefixes = tuple(_prefix(r) for r in self._routes)
+        self._folded = tuple(p.lower() for p in self._prefixes)
+        # (canonical path, encoded slash) -> the route, or the PathRejected reason
+        self._decided: dict[tuple[str, bool], RouteConfig | str | None] = {}
 
     @property
     def routes(self) -> tuple[RouteConfig, ...]:
@@ -104,8 +130,8 @@ class Router:
     def _match_key(self, key: str, *, fold_case: bool = False) -> RouteConfig | None:
         if fold_case:
             key = key.lower()
-        for route, prefix in zip(self._routes, self._prefixes, strict=True):
-            if _under(key, prefix.lower() if fold_case else prefix):
+        for route, prefix in zip(self._routes, self._folded if fold_case else self._prefixes, strict=True):
+            if _under(key, prefix):
                 return route
         return None
 
@@ -115,7 +141,23 @@ class Router:
         Raises `PathRejected` (the caller answers 400) when the path holds an encoded slash and the
         route does not set `allow_encoded_slash`, or when another common reading of the path
         (`%2F` decoded, servlet `;params` dropped, case folded) would pick another route.
+        The answer for a path is remembered (a pure function of the path and the routes).
         """
+        memo = (target.path, target.encoded_slash)
+        try:
+            decided = self._decided[memo]
+        except KeyError:
+            try:
+                decided = self._route_for(target)
+            except PathRejected as rejected:
+                decided = rejected.reason
+            if len(target.path) <= CACHED_PATH:
+                _remember(self._decided, memo, decided)
+        if isinstance(decided, str):
+            raise PathRejected(decided)
+        return decided
+
+    def _route_for(self, target: Target) -> RouteConfig | None:
         key = _key(target.path)
         route = self._match_key(key)
         if target.encoded_slash and (route is None or not route.allow_encoded_slash):

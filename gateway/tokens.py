@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 
 from gateway.config import TokensConfig
-from gateway.keyring import KeyRing
+from gateway.keyring import KeyRing, SigningKey
 from gateway.store import UserRecord
 
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "sid", "jti"]
@@ -35,7 +35,15 @@ class TokenInvalid(Exception):
 
 
 class TokenExpired(TokenInvalid):
-    """The token was ours and valid but its `exp` passed: a refresh may follow (DESIGN §5)."""
+    """The token was ours and valid but its `exp` passed: a refresh may follow (DESIGN §5).
+
+    `claims` are the expired token's verified claims (None if they could not be read): a refresh
+    must stay in the expired token's session (SECURITY item 61).
+    """
+
+    def __init__(self, message: str, claims: Claims | None = None) -> None:
+        super().__init__(message)
+        self.claims = claims
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +121,10 @@ class AccessTokens:
             if now <= cached.exp + self._leeway:
                 return cached
             del self._cache[token]
-            raise TokenExpired("token expired")
+            raise TokenExpired("token expired", cached)
         claims = self._verify_uncached(token)
         if now > claims.exp + self._leeway:  # PyJWT checked with its own clock; keep ours authoritative
-            raise TokenExpired("token expired")
+            raise TokenExpired("token expired", claims)
         if len(self._cache) >= CACHE_LIMIT:
             self.prune(now)
             if len(self._cache) >= CACHE_LIMIT:
@@ -144,24 +152,39 @@ class AccessTokens:
         if key is None or header.get("alg") != key.algorithm or header.get("typ") != TOKEN_TYPE:
             raise TokenInvalid("unknown key, algorithm or type")
         try:
-            payload = jwt.decode(
-                token,
-                key.verifying_key,
-                algorithms=[key.algorithm],  # pinned: never taken from the token (RFC 8725 §3.1)
-                audience=self.config.audience,
-                issuer=self.config.issuer,
-                leeway=self._leeway,
-                options={
-                    "require": REQUIRED_CLAIMS,
-                    "strict_aud": True,
-                    "enforce_minimum_key_length": True,
-                },
-            )
+            payload = self._decode(token, key, verify_exp=True)
         except jwt.ExpiredSignatureError as e:
-            raise TokenExpired("token expired") from e
+            expired = self._expired_claims(token, key)
+            if expired is None:  # fail closed: an expired token we cannot read never refreshes
+                raise TokenInvalid("invalid token") from e
+            raise TokenExpired("token expired", expired) from e
         except (jwt.PyJWTError, ValueError, TypeError) as e:
             raise TokenInvalid("invalid token") from e
         return self._claims(payload)
+
+    def _decode(self, token: str, key: SigningKey, *, verify_exp: bool) -> dict[str, Any]:
+        payload: dict[str, Any] = jwt.decode(
+            token,
+            key.verifying_key,
+            algorithms=[key.algorithm],  # pinned: never taken from the token (RFC 8725 §3.1)
+            audience=self.config.audience,
+            issuer=self.config.issuer,
+            leeway=self._leeway,
+            options={
+                "require": REQUIRED_CLAIMS,
+                "strict_aud": True,
+                "enforce_minimum_key_length": True,
+                "verify_exp": verify_exp,
+            },
+        )
+        return payload
+
+    def _expired_claims(self, token: str, key: SigningKey) -> Claims | None:
+        """The claims of a token PyJWT found expired; every other check still applies."""
+        try:
+            return self._claims(self._decode(token, key, verify_exp=False))
+        except (jwt.PyJWTError, ValueError, TypeError, TokenInvalid):
+            return None
 
     def _claims(self, p: dict[str, Any]) -> Claims:
         # PyJWT accepts numeric strings and floats for time claims and any far-future exp

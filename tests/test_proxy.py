@@ -576,3 +576,15 @@ async def test_upstream_cookies_never_leak_between_users(
     gw.session.cookie_jar.clear()  # a different browser from here on
     await gw.get("/second-user")
     assert header(recorder.last, "Cookie") == []
+
+
+async def test_forged_identity_headers_are_logged_as_a_security_event(
+    gw: Any, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client sending an identity header gets it dropped and leaves a security log line
+    (without the forged value)."""
+    with caplog.at_level("WARNING", logger="gateway.security"):
+        await gw.get("/public/x", headers={"X_Auth_User_Email": "admin@evil.example"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.security"]
+    assert any("forged identity headers dropped" in line for line in lines)
+    assert not any("admin@evil.example" in line for line in lines)

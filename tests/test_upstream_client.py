@@ -544,3 +544,254 @@ def test_every_aiohttp_client_error_is_listed() -> None:
     """Every exception class aiohttp's client exports has a decided mapping above."""
     exported = {getattr(aiohttp.client_exceptions, name) for name in aiohttp.client_exceptions.__all__}
     assert {cls for cls in exported if isinstance(cls, type)} <= ERROR_MAPPING.keys()
+
+
+# ---- the transport: framing, keep-alive, the pool ------------------------------------------------
+
+
+async def test_interim_responses_are_skipped(client: UpstreamClient, raw_upstream: RawFactory) -> None:
+    """`100 Continue` (and any other 1xx) before the final response is skipped, not returned."""
+    upstream = await raw_upstream(
+        lambda _: b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK
+    )
+    status, headers, data = await fetch(client, "POST", upstream.origin + "/", body=[b"x"], length=1)
+    assert (status, data, "Link" in headers) == (200, b"ok", False)
+    assert (await fetch(client, "GET", upstream.origin + "/"))[2] == b"ok"
+    assert upstream.seen[0].connection == upstream.seen[1].connection
+
+
+async def test_chunked_response_is_dechunked_and_connection_reused(
+    client: UpstreamClient, raw_upstream: RawFactory
+) -> None:
+    """A chunked response arrives without its framing and leaves the connection reusable."""
+    upstream = await raw_upstream(
+        lambda _: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    assert (await fetch(client, "GET", upstream.origin + "/"))[2] == b"abcde"
+    assert (await fetch(client, "GET", upstream.origin + "/"))[2] == b"abcde"
+    assert upstream.seen[0].connection == upstream.seen[1].connection
+
+
+async def test_response_without_length_is_read_until_close(
+    client: UpstreamClient, tcp_server: TcpFactory
+) -> None:
+    """Neither Content-Length nor chunked: the body is everything until the upstream closes."""
+    connections = 0
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nfirst part, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"second part")
+        await writer.drain()
+
+    origin = await tcp_server(until_close)
+    assert (await fetch(client, "GET", origin + "/"))[2] == b"first part, second part"
+    assert (await fetch(client, "GET", origin + "/"))[2] == b"first part, second part"
+    assert connections == 2
+
+
+async def test_connection_close_is_honoured(client: UpstreamClient, raw_upstream: RawFactory) -> None:
+    """A response with `Connection: close` is the connection's last: the next request opens another."""
+    upstream = await raw_upstream(
+        lambda _: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    )
+    await fetch(client, "GET", upstream.origin + "/")
+    await fetch(client, "GET", upstream.origin + "/")
+    assert upstream.seen[0].connection != upstream.seen[1].connection
+
+
+def closes_second_request(replies: dict[str, bytes] | None = None) -> tuple[Handler, list[bytes]]:
+    """An upstream that answers the first request of each connection and closes the connection when
+    a second one arrives on it: the race of a keep-alive timeout on the upstream's side."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0])
+        if (length := _content_length(head)) is not None:
+            await reader.readexactly(length)
+        writer.write(OK)
+        await writer.drain()
+        second = await reader.readuntil(b"\r\n\r\n")
+        seen.append(second.split(b"\r\n", 1)[0])
+        writer.write((replies or {}).get("second", b""))
+        await writer.drain()
+        writer.transport.abort()
+
+    return handler, seen
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return None
+
+
+async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
+    client: UpstreamClient, tcp_server: TcpFactory
+) -> None:
+    """A GET on a pooled connection the upstream closes before answering is retried on a new one."""
+    handler, seen = closes_second_request()
+    origin = await tcp_server(handler)
+    assert (await fetch(client, "GET", origin + "/one"))[2] == b"ok"
+    assert (await fetch(client, "GET", origin + "/two"))[2] == b"ok"
+    assert seen == [b"GET /one HTTP/1.1", b"GET /two HTTP/1.1", b"GET /two HTTP/1.1"]
+
+
+async def test_stale_pooled_connection_is_not_retried_with_a_body(
+    client: UpstreamClient, tcp_server: TcpFactory
+) -> None:
+    """A POST whose pooled connection closes is not replayed (its body was consumed): 502."""
+    handler, seen = closes_second_request()
+    origin = await tcp_server(handler)
+    await fetch(client, "GET", origin + "/one")
+    with pytest.raises(UpstreamUnavailable):
+        await fetch(client, "POST", origin + "/two", body=[b"data"], length=4)
+    assert seen == [b"GET /one HTTP/1.1", b"POST /two HTTP/1.1"]
+
+
+async def test_partial_response_is_not_retried(client: UpstreamClient, tcp_server: TcpFactory) -> None:
+    """Once any byte of the response arrived, a closed connection is an error, even for a GET."""
+    handler, seen = closes_second_request({"second": b"HTTP/1.1 200 OK\r\nContent-"})
+    origin = await tcp_server(handler)
+    await fetch(client, "GET", origin + "/one")
+    with pytest.raises(UpstreamUnavailable):
+        await fetch(client, "GET", origin + "/two")
+    assert len(seen) == 2
+
+
+async def test_pool_is_bounded_per_host_and_waiters_are_served(tcp_server: TcpFactory) -> None:
+    """With limit_per_host=2, six concurrent requests share two connections and all succeed."""
+    open_now = most = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(0.05)
+                writer.write(OK)
+                await writer.drain()
+        finally:
+            open_now -= 1
+
+    origin = await tcp_server(slow)
+    async with UpstreamClient(connect_timeout=2.0, read_timeout=2.0, limit_per_host=2) as client:
+        results = await asyncio.gather(*(fetch(client, "GET", origin + f"/{i}") for i in range(6)))
+    assert [r[2] for r in results] == [b"ok"] * 6
+    assert most == 2
+
+
+async def test_waiting_for_a_pooled_connection_counts_as_connect_timeout(tcp_server: TcpFactory) -> None:
+    """A request that cannot get a connection within connect_timeout raises UpstreamTimeout (504)."""
+    origin = await tcp_server(stall_after(b""))
+    async with UpstreamClient(connect_timeout=0.2, read_timeout=5.0, limit_per_host=1) as client:
+        first = asyncio.create_task(fetch(client, "GET", origin + "/"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamTimeout):
+            await fetch(client, "GET", origin + "/")
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+
+async def test_switching_protocols_on_a_plain_request_is_unavailable(
+    client: UpstreamClient, raw_upstream: RawFactory
+) -> None:
+    """A 101 answer to a request that asked for no upgrade is not HTTP the proxy can relay."""
+    upstream = await raw_upstream(
+        lambda _: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
+    )
+    with pytest.raises(UpstreamUnavailable):
+        await fetch(client, "GET", upstream.origin + "/")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"not http at all\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    ],
+    ids=["garbage", "cl-and-te", "two-lengths"],
+)
+async def test_malformed_response_is_unavailable(
+    client: UpstreamClient, raw_upstream: RawFactory, reply: bytes
+) -> None:
+    """A response llhttp refuses (smuggling-shaped framing included) raises UpstreamUnavailable."""
+    upstream = await raw_upstream(lambda _: reply)
+    with pytest.raises(UpstreamUnavailable):
+        await fetch(client, "GET", upstream.origin + "/")
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [("/", {"X-Evil": "a\r\nX-Admin: 1"}), ("/", {"X-Evil": "a\nb"}), ("/a b", {})],
+    ids=["crlf-value", "lf-value", "space-in-target"],
+)
+async def test_header_injection_is_refused(
+    client: UpstreamClient, raw_upstream: RawFactory, target: str, headers: dict[str, str]
+) -> None:
+    """A CR, LF or control character in a header, or a space in the target, never reaches the wire."""
+    upstream = await raw_upstream()
+    with pytest.raises(ValueError):
+        client.request("GET", upstream.origin + target, headers, None, None)
+    assert upstream.seen == []
+
+
+async def test_early_response_during_upload_is_returned(
+    client: UpstreamClient, tcp_server: TcpFactory
+) -> None:
+    """An upstream that answers before reading the body (413) is relayed; the connection is dropped."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        await reader.read()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 65536
+            await asyncio.sleep(0.01)
+
+    origin = await tcp_server(refuse)
+    async with client.request("POST", origin + "/", {}, endless(), None) as response:
+        assert response.status == 413
+        assert b"".join([chunk async for chunk in response.body()]) == b"big"
+
+
+async def test_upstream_that_stops_reading_the_body_is_timeout(tcp_server: TcpFactory) -> None:
+    """An upload the upstream stops reading fails with UpstreamTimeout once writes stall for read_timeout."""
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await writer.wait_closed()  # never reads again; returns once the client gives up
+
+    async def plenty() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 1024 * 1024
+            await asyncio.sleep(0)
+
+    origin = await tcp_server(deaf)
+    async with UpstreamClient(connect_timeout=1.0, read_timeout=0.3) as client:
+        with pytest.raises(UpstreamTimeout):
+            async with client.request("POST", origin + "/", {}, plenty(), None):
+                pass
+
+
+async def test_host_header_comes_from_the_url_when_not_given(
+    client: UpstreamClient, raw_upstream: RawFactory
+) -> None:
+    """Without a caller's Host, the URL's host and port are sent, as the only Host header, first."""
+    upstream = await raw_upstream()
+    await fetch(client, "GET", upstream.origin + "/", {"X-Probe": "1"})
+    assert upstream.seen[0].headers[0] == ("host", upstream.origin.removeprefix("http://"))

@@ -352,8 +352,8 @@ class SQLiteStore:
         await self._run("DELETE FROM throttle WHERE key = ?", (key,))
 
     async def purge(self, *, now: float) -> None:
-        """See Store.purge. Tokens of a live session stay even when expired: presenting a rotated
-        one must still be recognised as reuse, not as an unknown token."""
+        """See Store.purge. Expired tokens of a live session stay while it lives: they still name
+        their session, so a sign-out with an old refresh cookie still finds what to end."""
         times = {"now": now, "long_ago": now - KEEP_DEAD_FOR}
         async with self._transaction() as db:
             await db.execute_fetchall(

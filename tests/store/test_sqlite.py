@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from store_builders import DAY, HOUR, NOW, digest, login, session, token, user
@@ -21,11 +22,20 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "gateway.db")
 
 
+@asynccontextmanager
+async def opened(path: str) -> AsyncIterator[SQLiteStore]:
+    """An open store, closed on the way out even when the test fails (a leaked one hangs the exit)."""
+    store = await SQLiteStore.open(path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def sqlite_store(db_path: str) -> AsyncIterator[SQLiteStore]:
-    store = await SQLiteStore.open(db_path)
-    yield store
-    await store.close()
+    async with opened(db_path) as store:
+        yield store
 
 
 def inspect(path: str, sql: str) -> list[tuple[object, ...]]:
@@ -46,6 +56,11 @@ async def own_pragma(store: SQLiteStore, name: str) -> object:
     assert store._db is not None
     [(value,)] = await store._db.execute_fetchall(f"PRAGMA {name}")
     return value
+
+
+async def open_and_close(path: str) -> None:
+    async with opened(path):
+        pass
 
 
 # PRAGMAs
@@ -96,37 +111,29 @@ async def test_open_store_url_creates_missing_folders(tmp_path: Path) -> None:
 async def test_reopening_applies_no_migration_twice(db_path: str) -> None:
     """Opening an up-to-date file again changes neither schema nor data."""
     alice = user()
-    store = await SQLiteStore.open(db_path)
-    await store.create_user(alice)
-    await store.close()
+    async with opened(db_path) as store:
+        await store.create_user(alice)
     schema = inspect(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
 
     for _ in range(2):
-        store = await SQLiteStore.open(db_path)
-        await store.close()
+        async with opened(db_path):
+            pass
 
     assert inspect(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     assert inspect(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
-    store = await SQLiteStore.open(db_path)
-    try:
+    async with opened(db_path) as store:
         assert await store.get_user(alice.id) == alice
-    finally:
-        await store.close()
 
 
 async def test_a_new_migration_is_applied_on_reopen(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A migration appended to MIGRATIONS runs once on the next open, keeping the data of the earlier ones."""
     alice = user()
-    store = await SQLiteStore.open(db_path)
-    await store.create_user(alice)
-    await store.close()
+    async with opened(db_path) as store:
+        await store.create_user(alice)
     monkeypatch.setattr("gateway.store.sqlite.MIGRATIONS", (*MIGRATIONS, ("CREATE TABLE extra (x INTEGER)",)))
 
-    store = await SQLiteStore.open(db_path)
-    try:
+    async with opened(db_path) as store:
         assert await store.get_user(alice.id) == alice
-    finally:
-        await store.close()
 
     assert inspect(db_path, "PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]
     assert "extra" in tables(db_path)
@@ -134,13 +141,13 @@ async def test_a_new_migration_is_applied_on_reopen(db_path: str, monkeypatch: p
 
 async def test_a_failing_migration_changes_nothing(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A migration that fails half-way is rolled back whole: no new table, version unchanged."""
-    store = await SQLiteStore.open(db_path)
-    await store.close()
+    async with opened(db_path):
+        pass
     broken = ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL")
     monkeypatch.setattr("gateway.store.sqlite.MIGRATIONS", (*MIGRATIONS, broken))
 
     with pytest.raises(StoreError):
-        await SQLiteStore.open(db_path)
+        await open_and_close(db_path)
 
     assert inspect(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     assert "extra" not in tables(db_path)
@@ -148,18 +155,20 @@ async def test_a_failing_migration_changes_nothing(db_path: str, monkeypatch: py
 
 async def test_open_refuses_a_schema_newer_than_the_code(db_path: str) -> None:
     """A file migrated by a newer gateway is refused with a message saying so."""
-    store = await SQLiteStore.open(db_path)
-    await store.close()
+    async with opened(db_path):
+        pass
     inspect(db_path, f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
 
     with pytest.raises(StoreError, match="newer"):
-        await SQLiteStore.open(db_path)
+        await open_and_close(db_path)
 
 
 async def test_concurrent_opens_of_a_new_file_migrate_once(db_path: str) -> None:
     """Eight stores opening one new file at once, as pre-forked workers do, all succeed on one schema."""
-    stores = await asyncio.gather(*(SQLiteStore.open(db_path) for _ in range(8)))
+    results = await asyncio.gather(*(SQLiteStore.open(db_path) for _ in range(8)), return_exceptions=True)
+    stores = [r for r in results if isinstance(r, SQLiteStore)]
     try:
+        assert stores == results
         alice = user()
         await stores[0].create_user(alice)
         assert [await s.get_user(alice.id) for s in stores] == [alice] * 8
@@ -174,7 +183,7 @@ async def test_open_rejects_a_file_that_is_not_a_database(db_path: str) -> None:
     Path(db_path).write_bytes(b"certainly not an sqlite database\n" * 200)
 
     with pytest.raises(StoreError, match=r"gateway\.db") as raised:
-        await SQLiteStore.open(db_path)
+        await open_and_close(db_path)
 
     assert isinstance(raised.value.__cause__, sqlite3.DatabaseError)
 
@@ -184,7 +193,7 @@ async def test_open_requires_sqlite_3_35(db_path: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
 
     with pytest.raises(StoreError, match=r"3\.35"):
-        await SQLiteStore.open(db_path)
+        await open_and_close(db_path)
 
 
 # several connections, errors
@@ -192,8 +201,7 @@ async def test_open_requires_sqlite_3_35(db_path: str, monkeypatch: pytest.Monke
 
 async def test_two_stores_on_one_file_rotate_a_token_once(db_path: str) -> None:
     """Two stores on one file (two connections, like two worker processes) racing one token: one winner."""
-    first_store, second_store = await SQLiteStore.open(db_path), await SQLiteStore.open(db_path)
-    try:
+    async with opened(db_path) as first_store, opened(db_path) as second_store:
         _, new_session, first = await login(first_store)
         successors = [token(new_session.id, generation=1) for _ in range(40)]
         stores = [first_store, second_store] * 20
@@ -208,9 +216,6 @@ async def test_two_stores_on_one_file_rotate_a_token_once(db_path: str) -> None:
         assert results.count(True) == 1
         stored = [await second_store.get_refresh_token(t.token_hash) for t in successors]
         assert [t is not None for t in stored].count(True) == 1
-    finally:
-        await first_store.close()
-        await second_store.close()
 
 
 async def test_locked_database_raises_store_error_and_recovers(
@@ -240,27 +245,45 @@ async def test_locked_database_raises_store_error_and_recovers(
     )
 
 
-async def test_cancelled_writes_leave_no_half_rotation_and_no_open_transaction(
-    sqlite_store: SQLiteStore,
+@pytest.mark.parametrize(
+    ("statement", "rotated"),
+    [(1, False), (2, False), (3, False), (4, False), (5, True)],
+    ids=["BEGIN", "claim", "insert-successor", "touch-session", "COMMIT"],
+)
+async def test_rotation_cancelled_at_any_statement_is_all_or_nothing(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, statement: int, rotated: bool
 ) -> None:
-    """Rotations cancelled at any point are all-or-nothing and leave no transaction open behind them."""
-    for steps in range(40):
-        _, new_session, first = await login(sqlite_store)  # a BEGIN IMMEDIATE: fails if one was left open
-        successor = token(new_session.id, generation=1)
-        task = asyncio.create_task(
-            sqlite_store.rotate_refresh_token(first.token_hash, successor, now=NOW + 1, client="c")
-        )
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    """A rotation cancelled while its Nth statement is queued applies wholly (COMMIT queued) or not at
+    all, re-raises CancelledError, and leaves no transaction open for the next BEGIN."""
+    _, new_session, first = await login(sqlite_store)
+    successor = token(new_session.id, generation=1)
+    db = sqlite_store._db
+    assert db is not None
+    real = db.execute_fetchall
+    calls = 0
 
-        old = await sqlite_store.get_refresh_token(first.token_hash)
-        new = await sqlite_store.get_refresh_token(successor.token_hash)
-        assert old is not None and (old.rotated_at is None) == (new is None), (
-            f"half rotation after {steps} steps"
-        )
+    async def cancelled_at_nth(sql: str, parameters: Any = None) -> Any:
+        nonlocal calls
+        calls += 1
+
+        async def run() -> Any:
+            return await real(sql, parameters)
+
+        pending = asyncio.ensure_future(run())
+        if calls != statement:
+            return await pending
+        await asyncio.sleep(0)  # the statement is queued on the connection's thread: it will run
+        raise asyncio.CancelledError  # what task.cancel() raises at this await
+
+    monkeypatch.setattr(db, "execute_fetchall", cancelled_at_nth)
+    with pytest.raises(asyncio.CancelledError):
+        await sqlite_store.rotate_refresh_token(first.token_hash, successor, now=NOW + 1, client="c")
+    monkeypatch.undo()
+
+    old = await sqlite_store.get_refresh_token(first.token_hash)
+    assert old is not None and (old.rotated_at is not None) is rotated
+    assert (await sqlite_store.get_refresh_token(successor.token_hash) is not None) is rotated
+    await login(sqlite_store)  # another BEGIN IMMEDIATE: fails if the cancelled one was left open
 
 
 async def test_rotation_refuses_a_successor_of_another_session(sqlite_store: SQLiteStore) -> None:
@@ -293,14 +316,13 @@ async def test_roles_must_be_a_sequence_of_names(sqlite_store: SQLiteStore) -> N
 async def test_token_hashes_are_stored_as_given_and_raw_tokens_never(db_path: str) -> None:
     """The file holds exactly the hex digests the domain passed, and none of the raw tokens they came from."""
     raw_first, raw_next = "rt-first-7d0c8a1f5b2e4c9a", "rt-next-0b6e3f2a9c1d4e8b"
-    store = await SQLiteStore.open(db_path)
-    owner, _, first = await login(store)
-    mine = session(owner.id)
-    await store.create_session(mine, token(mine.id, token_hash=digest(raw_first)))
-    await store.rotate_refresh_token(
-        digest(raw_first), token(mine.id, token_hash=digest(raw_next)), now=NOW + 1, client="c"
-    )
-    await store.close()  # the last connection to close checkpoints the WAL into the file
+    async with opened(db_path) as store:  # closing the last connection checkpoints the WAL into the file
+        owner, _, first = await login(store)
+        mine = session(owner.id)
+        await store.create_session(mine, token(mine.id, token_hash=digest(raw_first)))
+        await store.rotate_refresh_token(
+            digest(raw_first), token(mine.id, token_hash=digest(raw_next)), now=NOW + 1, client="c"
+        )
 
     data = b"".join(p.read_bytes() for p in Path(db_path).parent.glob("gateway.db*"))
     assert digest(raw_first).encode() in data and digest(raw_next).encode() in data
