@@ -163,6 +163,10 @@ def render(results: Results, keys: str) -> str:
         parts.append(storm_table(results))
     if "j" in keys:
         parts.append(memory_table(results))
+    if any(k in keys for k in "kl"):  # PostgreSQL next to SQLite
+        from bench.postgres import backend_table
+
+        parts.append(backend_table(results))
     table = ratio_table(results, keys)
     if len(table) > 2:
         parts.append(table)

@@ -17,6 +17,8 @@ SCENARIOS = {
     "h": "streaming through the gateway vs direct",
     "i": "signed-in p99 during a login storm vs idle",
     "j": "gateway memory with idle keep-alive connections",
+    "k": "gateway on PostgreSQL, transparent refresh on every request",
+    "l": "gateway on PostgreSQL, signed-in p99 during a login storm vs idle",
 }
 
 

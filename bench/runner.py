@@ -30,7 +30,7 @@ from bench.results import Results
 from bench.servers import ACCESS_COOKIE, REFRESH_COOKIE, ROOT, Servers
 
 GATEWAY_KEYS = "defghij"
-WRK_KEYS = "abcdefi"
+WRK_KEYS = "abcdefil"
 EMAIL = "bench@example.com"
 
 

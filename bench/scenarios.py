@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 
-from bench import procs
+from bench import postgres, procs
 from bench.runner import EMAIL, Bench, BenchError
 from bench.servers import ACCESS_COOKIE, REFRESH_COOKIE, ROOT
 
@@ -262,4 +262,6 @@ RUN: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "h": streams,
     "i": storm,
     "j": idle_connections,
+    "k": postgres.refresh,
+    "l": postgres.storm,
 }
