@@ -75,11 +75,11 @@ def canonicalize(raw_target: str) -> Target:
     path, encoded_slash = _decode_unreserved(raw_path)
     path = _SLASH_RUN.sub("/", path)
     _check_segments(path)
-    return Target(
-        path=remove_dot_segments(path),
-        query=query if question else None,
-        encoded_slash=encoded_slash,
-    )
+    path = remove_dot_segments(path)
+    # Judged on the result: a ".." may have removed the segment holding the encoded slash, and
+    # canonicalising the output again must give the same Target (idempotence).
+    encoded_slash = encoded_slash and ("%2f" in path or "%2F" in path)
+    return Target(path=path, query=query if question else None, encoded_slash=encoded_slash)
 
 
 def _decode_unreserved(raw_path: str) -> tuple[str, bool]:

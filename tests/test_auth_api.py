@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from typing import Any
 
 import pytest
 
+from gateway.keys import PASSWORDS
 from tests.conftest import PASSWORD, GatewayFactory, login, register, set_cookie_headers, signed_in
 
 
@@ -380,3 +383,10 @@ async def test_cross_site_auth_post_is_logged_as_a_security_event(
         resp = await gw.post("/auth/logout", headers={"Origin": "https://evil.example"})
     assert resp.status == 403
     assert any("csrf blocked" in r.getMessage() for r in caplog.records if r.name == "gateway.security")
+
+
+async def test_password_hashing_threads_run_below_the_event_loop(gw: Any) -> None:
+    """argon2 threads are niced so a login storm yields CPU to proxied traffic (Linux only)."""
+    pool = gw.server.app[PASSWORDS]._pool
+    seen = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert seen == os.getpriority(os.PRIO_PROCESS, 0) + 10

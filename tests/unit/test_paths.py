@@ -257,3 +257,10 @@ def test_only_path_rejected_escapes(raw: str) -> None:
     """Arbitrary input either canonicalises or raises PathRejected, never another error."""
     with contextlib.suppress(PathRejected):
         canonicalize(raw)
+
+
+def test_encoded_slash_removed_by_dot_segment_is_not_reported() -> None:
+    """`/%2f/..` resolves to `/`: no encoded slash is left, and canonicalising again agrees."""
+    target = canonicalize("/%2f/..")
+    assert target == Target(path="/", query=None, encoded_slash=False)
+    assert canonicalize(target.request_target) == target
