@@ -45,6 +45,8 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "upstream client (request out, response in)",
         (
             "gateway/upstream.py",
+            "gateway/upstream_conn.py",
+            "gateway/upstream_errors.py",
             "aiohttp/client",
             "aiohttp/connector.py",
             "aiohttp/tracing.py",
