@@ -76,19 +76,23 @@ class Recorder:
     def last(self) -> dict[str, Any]:
         return self.requests[-1]
 
+    async def record(self, request: web.Request) -> dict[str, Any]:
+        """Read the whole request and keep it; return what was kept."""
+        entry = {
+            "method": request.method,
+            "path": request.raw_path,
+            "headers": list(request.headers.items()),
+            "body": await request.read(),
+        }
+        self.requests.append(entry)
+        return entry
+
 
 def recording_upstream_app(recorder: Recorder) -> web.Application:
     """An upstream that records every request and echoes it as JSON; a few special paths."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        entry = {
-            "method": request.method,
-            "path": request.raw_path,
-            "headers": list(request.headers.items()),
-            "body": body,
-        }
-        recorder.requests.append(entry)
+        entry = await recorder.record(request)
         if "/set-cookies" in request.path:
             resp = web.Response(text="cookies")
             resp.headers.add("Set-Cookie", "app_a=1; Path=/")
@@ -97,7 +101,7 @@ def recording_upstream_app(recorder: Recorder) -> web.Application:
         if "/status/" in request.path:
             return web.Response(status=int(request.path.rsplit("/", 1)[1]))
         payload = {k: v for k, v in entry.items() if k != "body"}
-        payload["body"] = body.decode("utf-8", "replace")
+        payload["body"] = entry["body"].decode("utf-8", "replace")
         return web.json_response(payload)
 
     app = web.Application()

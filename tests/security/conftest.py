@@ -32,14 +32,7 @@ def security_upstream_app(recorder: Recorder) -> web.Application:
     """Records every request (method, raw target, headers, body) and answers a few special paths."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        entry = {
-            "method": request.method,
-            "path": request.raw_path,
-            "headers": list(request.headers.items()),
-            "body": body,
-        }
-        recorder.requests.append(entry)
+        entry = await recorder.record(request)
         tail = request.path
         if tail.endswith("/set-gateway-cookies"):
             resp = web.Response(text="fixation attempt")
@@ -69,7 +62,7 @@ def security_upstream_app(recorder: Recorder) -> web.Application:
         if "/status/" in tail:
             return web.Response(status=int(tail.rsplit("/", 1)[1]))
         payload = {k: v for k, v in entry.items() if k != "body"}
-        payload["body"] = body.decode("utf-8", "replace")
+        payload["body"] = entry["body"].decode("utf-8", "replace")
         return web.json_response(payload)
 
     async def websocket(request: web.Request) -> web.StreamResponse:
