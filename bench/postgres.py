@@ -31,7 +31,7 @@ import aiohttp
 from bench import loadgen, procs
 from bench.procs import Proc, StartError, free_port, wait_http
 from bench.results import Results
-from bench.runner import EMAIL, Bench, BenchError, say
+from bench.runner import EMAIL, Bench, BenchError, measure_storm, say
 from bench.servers import ACCESS_COOKIE, REFRESH_COOKIE, ROOT, gateway_toml
 
 NAME = "gateway-pg"
@@ -224,35 +224,7 @@ async def storm(bench: Bench) -> None:
     headers = {"Cookie": f"{ACCESS_COOKIE}={tokens.access_cookie}"}
     url = bench.servers.url(NAME, "/")
     async with _helpers_anywhere(bench, side.gateway.pid):
-        await bench.probe(url, headers)
-        idle = await bench.wrk(url, headers)
-        duration = bench.opt.duration
-        args = ["logins", "--url", _base(bench), "--email", EMAIL, "--duration", str(duration + 2)]
-        args += ["--rate", str(bench.opt.storm_rate)]
-        logins = asyncio.create_task(
-            bench.python("loadgen", args, timeout=duration + 60, env={"BENCH_PASSWORD": bench.password})
-        )
-        await asyncio.sleep(1.0)
-        try:
-            busy = await bench.wrk(url, headers)
-        finally:
-            data = await logins
-    if idle.errors or busy.errors:
-        bench.note("l", f"wrk errors: {idle.errors} idle, {busy.errors} during the storm")
-    failed = {k: v for k, v in data["counts"].items() if k != "HTTP 200"}
-    if failed:
-        bench.note("l", f"logins not 200: {failed}")
-    bench.results.add(
-        "l",
-        {
-            "idle_p99_ms": idle.p99_ms,
-            "storm_p99_ms": busy.p99_ms,
-            "idle_rps": idle.rps,
-            "storm_rps": busy.rps,
-            "logins_per_s": data["per_s"],
-            "login_p50_ms": data["p50_ms"],
-        },
-    )
+        await measure_storm(bench, "l", url, headers, _base(bench))
 
 
 # ---- the report's table ------------------------------------------------------------------------

@@ -271,3 +271,38 @@ def raise_fd_limit() -> None:
 
 def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+async def measure_storm(bench: Bench, key: str, url: str, headers: dict[str, str], base: str) -> None:
+    """Signed-in p99 at `url` idle, then while `storm_rate` logins per second run against `base`;
+    recorded under scenario `key` ((i) on SQLite, (l) on PostgreSQL). The caller decides where
+    the gateway's threads may run."""
+    await bench.probe(url, headers)
+    idle = await bench.wrk(url, headers)
+    duration = bench.opt.duration
+    args = ["logins", "--url", base, "--email", EMAIL, "--duration", str(duration + 2)]
+    args += ["--rate", str(bench.opt.storm_rate)]
+    logins = asyncio.create_task(
+        bench.python("loadgen", args, timeout=duration + 60, env={"BENCH_PASSWORD": bench.password})
+    )
+    await asyncio.sleep(1.0)
+    try:
+        busy = await bench.wrk(url, headers)
+    finally:
+        data = await logins
+    if idle.errors or busy.errors:
+        bench.note(key, f"wrk errors: {idle.errors} idle, {busy.errors} during the storm")
+    failed = {k: v for k, v in data["counts"].items() if k != "HTTP 200"}
+    if failed:
+        bench.note(key, f"logins not 200: {failed}")
+    bench.results.add(
+        key,
+        {
+            "idle_p99_ms": idle.p99_ms,
+            "storm_p99_ms": busy.p99_ms,
+            "idle_rps": idle.rps,
+            "storm_rps": busy.rps,
+            "logins_per_s": data["per_s"],
+            "login_p50_ms": data["p50_ms"],
+        },
+    )

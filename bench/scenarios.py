@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 
 from bench import postgres, procs
-from bench.runner import EMAIL, Bench, BenchError
+from bench.runner import Bench, BenchError, measure_storm
 from bench.servers import ACCESS_COOKIE, REFRESH_COOKIE, ROOT
 
 
@@ -167,35 +167,7 @@ async def storm(bench: Bench) -> None:
     headers = {"Cookie": f"{ACCESS_COOKIE}={tokens.access_cookie}"}
     url = bench.servers.url("gateway", "/")
     async with bench.helpers_anywhere():
-        await bench.probe(url, headers)
-        idle = await bench.wrk(url, headers)
-        duration = bench.opt.duration
-        args = ["logins", "--url", bench.base, "--email", EMAIL, "--duration", str(duration + 2)]
-        args += ["--rate", str(bench.opt.storm_rate)]
-        logins = asyncio.create_task(
-            bench.python("loadgen", args, timeout=duration + 60, env={"BENCH_PASSWORD": bench.password})
-        )
-        await asyncio.sleep(1.0)
-        try:
-            busy = await bench.wrk(url, headers)
-        finally:
-            data = await logins
-    if idle.errors or busy.errors:
-        bench.note("i", f"wrk errors: {idle.errors} idle, {busy.errors} during the storm")
-    failed = {k: v for k, v in data["counts"].items() if k != "HTTP 200"}
-    if failed:
-        bench.note("i", f"logins not 200: {failed}")
-    bench.results.add(
-        "i",
-        {
-            "idle_p99_ms": idle.p99_ms,
-            "storm_p99_ms": busy.p99_ms,
-            "idle_rps": idle.rps,
-            "storm_rps": busy.rps,
-            "logins_per_s": data["per_s"],
-            "login_p50_ms": data["p50_ms"],
-        },
-    )
+        await measure_storm(bench, "i", url, headers, bench.base)
 
 
 async def idle_connections(bench: Bench) -> None:
