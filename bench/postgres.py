@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import weakref
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -146,28 +145,6 @@ async def _login(bench: Bench) -> loadgen.Tokens:
     return await loadgen.login(bench.http, _base(bench), EMAIL, bench.password, ACCESS_COOKIE, REFRESH_COOKIE)
 
 
-@contextlib.asynccontextmanager
-async def _helpers_anywhere(bench: Bench, pid: int) -> AsyncIterator[None]:
-    """As Bench.helpers_anywhere, for the PostgreSQL gateway: argon2 threads may use every CPU."""
-    everywhere = bench.proxy_cpus | bench.load_cpus
-    members = procs.tree(pid)
-    stop = asyncio.Event()
-
-    async def keep_floating() -> None:
-        while not stop.is_set():
-            procs.pin_helpers(members, everywhere)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.1)
-
-    task = asyncio.create_task(keep_floating())
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-        procs.pin(pid, bench.proxy_cpus)
-
-
 async def _make_sessions(bench: Bench, side: PostgresSide) -> None:
     say(f"  signing in {bench.opt.sessions} sessions for (k)")
     gate = asyncio.Semaphore(4)
@@ -176,7 +153,7 @@ async def _make_sessions(bench: Bench, side: PostgresSide) -> None:
         async with gate:
             return (await _login(bench)).refresh_cookie
 
-    async with _helpers_anywhere(bench, side.gateway.pid):
+    async with bench.helpers_anywhere(side.gateway.pid):
         cookies = await asyncio.gather(*(one() for _ in range(bench.opt.sessions)))
     side.sessions_file.write_text(json.dumps(cookies))
 
@@ -223,7 +200,7 @@ async def storm(bench: Bench) -> None:
     tokens = await _login(bench)
     headers = {"Cookie": f"{ACCESS_COOKIE}={tokens.access_cookie}"}
     url = bench.servers.url(NAME, "/")
-    async with _helpers_anywhere(bench, side.gateway.pid):
+    async with bench.helpers_anywhere(side.gateway.pid):
         await measure_storm(bench, "l", url, headers, _base(bench))
 
 

@@ -170,13 +170,15 @@ class Bench:
         return tokens
 
     @contextlib.asynccontextmanager
-    async def helpers_anywhere(self) -> AsyncIterator[None]:
+    async def helpers_anywhere(self, pid: int | None = None) -> AsyncIterator[None]:
         """Let the gateway's helper threads (argon2 hashing, SQLite) use every CPU meanwhile.
 
-        Each process's main thread (the event loop) stays where it is. Threads started later
-        inherit their creator's affinity, so they are re-placed every 100 ms.
+        `pid` is the gateway process (default: the SQLite gateway). Each process's main thread
+        (the event loop) stays where it is. Threads started later inherit their creator's
+        affinity, so they are re-placed every 100 ms.
         """
-        pid = self.running["gateway"].pid
+        if pid is None:
+            pid = self.running["gateway"].pid
         everywhere = self.proxy_cpus | self.load_cpus
         stop = asyncio.Event()
 
